@@ -1,0 +1,59 @@
+"""graphopt: capture a PyTorch model as a torch.fx graph, rewrite it with validated passes,
+recover accuracy, and compile it.
+
+Stable public surface (snapshotted by ``tests/api/test_public_api.py``)::
+
+    gm = graphopt.capture(model, example_inputs)
+    result = graphopt.optimize(model, example_inputs, passes=[FoldBatchNorm()])
+"""
+
+from graphopt.api import OptimizeResult, optimize
+from graphopt.errors import (
+    CaptureError,
+    ConfigError,
+    GraphOptError,
+    PassError,
+    RecipeError,
+    RegistryError,
+    UnsupportedGraphError,
+    VerificationError,
+)
+from graphopt.frontend.fx import capture
+from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_manager import PassManager
+from graphopt.recipe import Recipe, load_recipe, parse_recipe
+from graphopt.registry import REGISTRY, register_pass
+from graphopt.report import Decline, ModelStats, OptimizeReport, PassReport
+from graphopt.rewrite import MatchResult, Rule, apply_rules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY",
+    "CaptureError",
+    "ConfigError",
+    "Decline",
+    "GraphOptError",
+    "MatchResult",
+    "ModelStats",
+    "OptimizeReport",
+    "OptimizeResult",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassManager",
+    "PassReport",
+    "PassResult",
+    "Recipe",
+    "RecipeError",
+    "RegistryError",
+    "Rule",
+    "UnsupportedGraphError",
+    "VerificationError",
+    "apply_rules",
+    "capture",
+    "load_recipe",
+    "optimize",
+    "parse_recipe",
+    "register_pass",
+]

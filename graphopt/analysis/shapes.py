@@ -1,0 +1,71 @@
+"""Shape propagation: run the graph once and record each node's output shape and dtype."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from graphopt.errors import CaptureError
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> object:
+    """Run ``gm`` on ``inputs`` (no grad), store ``node.meta['tensor_meta']``, return outputs.
+
+    A failing node raises a :class:`CaptureError` naming the node and its source line.
+    """
+    prop = _TrackingShapeProp(gm)
+    try:
+        with torch.no_grad():
+            return prop.propagate(*inputs)
+    except Exception as exc:  # noqa: BLE001 - name the node that failed
+        node = prop.current
+        raise CaptureError(
+            f"the graph failed to run on the example inputs: {type(exc).__name__}: {exc}",
+            module=str(node.target) if node is not None and node.op == "call_module" else None,
+            location=source_location(node) if node is not None else None,
+            hint="check the example input shapes and dtypes against what the model expects",
+        ) from exc
+
+
+class _TrackingShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it is running, to name it when it fails."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> object:
+        self.current = n
+        return super().run_node(n)
+
+
+def tensor_meta(node: fx.Node) -> TensorMetadata | None:
+    """The recorded metadata of a node producing one tensor, else ``None``."""
+    meta = node.meta.get("tensor_meta")
+    return meta if isinstance(meta, TensorMetadata) else None
+
+
+def shape_of(node: fx.Node) -> tuple[int, ...] | None:
+    """The recorded output shape of a node producing one tensor, else ``None``."""
+    meta = tensor_meta(node)
+    return tuple(meta.shape) if meta is not None else None
+
+
+def source_location(node: fx.Node) -> str | None:
+    """``file:line: code`` of the user code that created ``node`` (from its stack trace).
+
+    Frames inside torch itself (``torch/fx``, ``torch/nn/modules``) are skipped, so the
+    location points at the model's own source.
+    """
+    frames = _FRAME.findall(node.stack_trace or "")
+    user = [f for f in frames if not any(part in f[0] for part in _TORCH_INTERNALS)]
+    if not user:
+        return None
+    filename, lineno, code = user[-1]
+    return f"{filename}:{lineno}: {code.strip()}"
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n([^\n]*)')
+_TORCH_INTERNALS = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/nn/modules/container.py")

@@ -1,0 +1,77 @@
+"""``optimize``: capture → passes (verified after each) → report. Orchestration only."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from graphopt.analysis.cost import model_stats
+from graphopt.analysis.shapes import propagate_shapes
+from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
+from graphopt.pass_base import Pass, PassContext
+from graphopt.pass_manager import PassManager, PassObserver
+from graphopt.report import OptimizeReport
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The rewritten graph, the report, and (once compilation lands) the compiled artifact."""
+
+    model: fx.GraphModule
+    report: OptimizeReport
+    artifact: Any = None
+
+
+def optimize(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    passes: Sequence[Pass] = (),
+    target: str | dict | None = None,
+    *,
+    leaf_modules: Iterable[str] = (),
+    leaf_types: Iterable[type[nn.Module]] = (),
+    calibration_data: Iterable[Any] | None = None,
+    seed: int = 0,
+    observer: PassObserver | None = None,
+) -> OptimizeResult:
+    """Capture ``model``, run ``passes`` in order (verifying after each), and report.
+
+    ``model`` is never changed: the graph is captured from a deep copy. A ``GraphModule``
+    (e.g. a saved result) is taken as already captured.
+    """
+    if target is not None:
+        raise NotImplementedError(
+            f"target={target!r}: compiling with TVM is not available yet; "
+            "call optimize(..., target=None) and compile the returned model separately"
+        )
+    manager = PassManager(passes, observer=observer)
+    start = time.perf_counter()
+    inputs = as_input_tuple(example_inputs)
+    gm = _as_graph(model, inputs, leaf_modules, leaf_types)
+    reference = propagate_shapes(gm, inputs)
+    before = model_stats(gm)
+    ctx = PassContext(example_inputs=inputs, calibration_data=calibration_data, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        result, reports = manager.run(gm, ctx, reference)
+    report = OptimizeReport(
+        model=type(model).__name__,
+        input_shapes=[list(x.shape) for x in inputs],
+        before=before,
+        after=model_stats(result),
+        passes=reports,
+        seconds=time.perf_counter() - start,
+    )
+    return OptimizeResult(model=result, report=report)
+
+
+def _as_graph(model, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
+    if isinstance(model, fx.GraphModule):
+        return copy.deepcopy(model)
+    return capture(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)

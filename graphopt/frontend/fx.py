@@ -1,0 +1,105 @@
+"""Capture: ``nn.Module`` → module-level ``torch.fx.GraphModule`` with shapes on every node.
+
+Leaf modules (kept as one ``call_module`` node) are torch.fx's defaults, i.e. every module
+defined in ``torch.nn`` (Conv, Linear, norms, activations, attention), plus the user's
+``leaf_modules`` (qualified names or glob patterns) and ``leaf_types``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import linecache
+import types
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import fx, nn
+
+from graphopt.analysis.shapes import propagate_shapes
+from graphopt.errors import CaptureError
+
+ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+class LeafTracer(fx.Tracer):
+    """An FX tracer that also keeps chosen user modules as leaves."""
+
+    def __init__(self, leaf_modules: Iterable[str] = (), leaf_types: Iterable[type] = ()):
+        super().__init__()
+        self.record_stack_traces = True
+        self._leaf_patterns = tuple(leaf_modules)
+        self._leaf_types = tuple(leaf_types)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        if any(fnmatch.fnmatchcase(module_qualified_name, p) for p in self._leaf_patterns):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+    """Normalise one tensor or a sequence of tensors to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def capture(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    leaf_modules: Iterable[str] = (),
+    leaf_types: Iterable[type[nn.Module]] = (),
+) -> fx.GraphModule:
+    """Trace ``model`` into the IR and record every node's shape and dtype.
+
+    The model is deep-copied first, so the IR never shares parameters or submodules with
+    the caller's model: rewriting the IR cannot change the model it came from.
+    """
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    model = copy.deepcopy(model)
+    tracer = LeafTracer(leaf_modules, leaf_types)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a CaptureError
+        raise _explain_trace_failure(model, exc) from exc
+    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    propagate_shapes(gm, inputs)
+    return gm
+
+
+def _explain_trace_failure(model: nn.Module, exc: Exception) -> CaptureError:
+    """Find the innermost module whose ``forward`` raised, and its source line."""
+    names = {id(m): name for name, m in model.named_modules()}
+    module_name, location = None, None
+    for frame, lineno in _traceback_frames(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            module_name = names[id(owner)]
+            code = linecache.getline(frame.f_code.co_filename, lineno).strip()
+            location = f"{frame.f_code.co_filename}:{lineno}: {code}"
+    if module_name is None:
+        hint = "make the model traceable by torch.fx (see torch.fx's limitations)"
+    elif module_name == "":
+        hint = (
+            "the top-level forward itself is not traceable; move the untraceable code into a "
+            "submodule and mark it as a leaf, or wrap the function with torch.fx.wrap"
+        )
+    else:
+        kind = type(model.get_submodule(module_name)).__name__
+        hint = (
+            f"mark the submodule as a leaf: capture(..., leaf_modules=[{module_name!r}]) or "
+            f"leaf_types=[{kind}] (recipe: capture.leaf_modules)"
+        )
+    message = f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}"
+    return CaptureError(message, module=module_name, location=location, hint=hint)
+
+
+def _traceback_frames(tb: types.TracebackType | None):
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next

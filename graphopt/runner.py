@@ -1,0 +1,51 @@
+"""Run a recipe: build the model, optimize it, write the results to the output directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from graphopt.api import OptimizeResult, optimize
+from graphopt.pass_manager import PassObserver
+from graphopt.recipe import Recipe, dump_recipe
+
+
+def run_recipe(
+    recipe: Recipe, base_dir: Path, observer: PassObserver | None = None
+) -> OptimizeResult:
+    """Build the recipe's model (in its mode), and optimize it with the recipe's passes."""
+    model = recipe.model.build(base_dir)
+    model.train(recipe.capture.mode == "train")
+    return optimize(
+        model,
+        recipe.example_inputs(),
+        recipe.passes,
+        target=recipe.compile.target if recipe.compile else None,
+        leaf_modules=recipe.capture.leaf_modules,
+        leaf_types=recipe.capture.leaf_types,
+        seed=recipe.seed,
+        observer=observer,
+    )
+
+
+def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list[Path]:
+    """Write ``model.pt`` (the GraphModule), ``report.json``, ``recipe.json``, ``graph.py``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "model.pt": lambda p: torch.save(result.model, p),
+        "report.json": lambda p: p.write_text(result.report.model_dump_json(indent=2)),
+        "recipe.json": lambda p: p.write_text(dump_recipe(recipe)),
+        "graph.py": lambda p: p.write_text(result.model.code),
+    }
+    written = []
+    for name, write in files.items():
+        write(out_dir / name)
+        written.append(out_dir / name)
+    return written
+
+
+def load_report(path: Path) -> dict:
+    """A written report, as plain data."""
+    return json.loads(Path(path).read_text())

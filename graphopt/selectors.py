@@ -1,0 +1,66 @@
+"""Module selection shared by every pass: glob patterns over qualified names, type filters.
+
+Types are classes inside graphopt; at the recipe boundary they are written as dotted paths
+(``torch.nn.Conv2d``) or, for modules of ``torch.nn``, bare names (``Conv2d``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from typing import Annotated
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from torch import nn
+
+
+def resolve_module_type(value: object) -> object:
+    """``"Conv2d"`` / ``"torch.nn.Conv2d"`` / ``"pkg.mod.Cls"`` → the class; classes pass."""
+    if not isinstance(value, str):
+        return value
+    if "." not in value:
+        found = getattr(nn, value, None)
+        if isinstance(found, type):
+            return found
+        raise ValueError(f"{value!r} is not a module type of torch.nn; use a dotted path")
+    module_name, _, attr = value.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import module type {value!r}: {exc}") from exc
+    return found
+
+
+def module_type_name(cls: type) -> str:
+    """The name a recipe uses for ``cls`` (inverse of :func:`resolve_module_type`)."""
+    if getattr(nn, cls.__name__, None) is cls:
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+ModuleType = Annotated[
+    type[nn.Module],
+    BeforeValidator(resolve_module_type),
+    PlainSerializer(module_type_name, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A module class: a torch.nn name (Conv2d) or a dotted path.",
+        }
+    ),
+]
+
+
+def selects(
+    name: str,
+    module: nn.Module | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    module_types: tuple[type[nn.Module], ...],
+) -> bool:
+    """Whether the module ``name`` passes the include/exclude globs and the type filter."""
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        return False
+    return not module_types or isinstance(module, module_types)

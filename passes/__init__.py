@@ -1,0 +1,12 @@
+"""Built-in passes, installed as ``graphopt.passes``.
+
+They register through the ``graphopt.passes`` entry-point group, exactly like plugins.
+"""
+
+from graphopt.passes.eliminate_dead_code import EliminateDeadCode
+from graphopt.passes.fold_batch_norm import FoldBatchNorm
+from graphopt.passes.remove_identity import RemoveIdentity
+
+BUILTIN_PASSES = (EliminateDeadCode, FoldBatchNorm, RemoveIdentity)
+
+__all__ = ["BUILTIN_PASSES", "EliminateDeadCode", "FoldBatchNorm", "RemoveIdentity"]
