@@ -75,10 +75,9 @@ class SavedGraphModule(_Strict):
 
 
 def _model_kind(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for key in ("torchvision", "python", "graph_module"):
-            if key in value:
-                return key
+    for key in ("torchvision", "python", "graph_module"):
+        if (key in value) if isinstance(value, dict) else hasattr(value, key):
+            return key
     return None
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import fx
 from torch.utils._pytree import tree_flatten
 
-from graphopt.analysis.shapes import propagate_shapes
+from graphopt.analysis.shapes import propagate_shapes, side_effect_free_run
 from graphopt.errors import CaptureError, VerificationError
 from graphopt.report import Verification
 
@@ -94,6 +94,6 @@ def first_diverging_node(
 
 def _all_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, object]:
     interpreter = fx.Interpreter(gm, garbage_collect_values=False)
-    with torch.no_grad():
+    with side_effect_free_run(gm):
         interpreter.run(*inputs)
     return {node.name: value for node, value in interpreter.env.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 
@@ -11,15 +12,20 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from graphopt.errors import CaptureError
 
+RUN_SEED = 0
+
 
 def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> object:
     """Run ``gm`` on ``inputs`` (no grad), store ``node.meta['tensor_meta']``, return outputs.
 
-    A failing node raises a :class:`CaptureError` naming the node and its source line.
+    The run is deterministic and leaves no trace: random ops see a fixed seed (so two graphs
+    with the same dropout draw the same masks) and buffers such as BatchNorm running
+    statistics are restored afterwards. A failing node raises a :class:`CaptureError`
+    naming the node and its source line.
     """
     prop = _TrackingShapeProp(gm)
     try:
-        with torch.no_grad():
+        with side_effect_free_run(gm):
             return prop.propagate(*inputs)
     except Exception as exc:  # noqa: BLE001 - name the node that failed
         node = prop.current
@@ -29,6 +35,20 @@ def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> obje
             location=source_location(node) if node is not None else None,
             hint="check the example input shapes and dtypes against what the model expects",
         ) from exc
+
+
+@contextlib.contextmanager
+def side_effect_free_run(gm: fx.GraphModule):
+    """No grad, a fixed seed for random ops, and every buffer restored afterwards."""
+    buffers = {name: b.clone() for name, b in gm.named_buffers()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(RUN_SEED)
+            yield
+    finally:
+        with torch.no_grad():
+            for name, value in buffers.items():
+                gm.get_buffer(name).copy_(value)
 
 
 class _TrackingShapeProp(ShapeProp):

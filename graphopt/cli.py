@@ -1,0 +1,196 @@
+"""The ``graphopt`` command line: run recipes, list passes, print schemas, inspect graphs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graphopt.errors import GraphOptError
+from graphopt.pass_base import Pass
+from graphopt.report import OptimizeReport, PassReport
+
+app = typer.Typer(help="graphopt: rewrite PyTorch models into smaller, faster ones.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+
+class _ProgressObserver:
+    """Draws one progress bar over the passes of a run."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = None
+
+    def pass_started(self, index: int, total: int, pass_: Pass) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("passes", total=total)
+        self.progress.update(self.task, description=f"[{index + 1}/{total}] {pass_.name}")
+
+    def pass_finished(self, index: int, total: int, report: PassReport) -> None:
+        self.progress.advance(self.task)
+        declined = f", {len(report.declined)} declined" if report.declined else ""
+        self.progress.console.print(
+            f"  [green]✓[/] {report.name}: {len(report.touched)} rewritten{declined}"
+        )
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).")],
+    output: Annotated[Path | None, typer.Option(help="Output directory (default: the recipe's).")] = None,
+) -> None:
+    """Run a recipe: capture, rewrite, verify, report, and write the results."""
+    from graphopt.recipe import load_recipe
+    from graphopt.runner import run_recipe, write_outputs
+
+    with _errors():
+        spec, base = load_recipe(recipe)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            result = run_recipe(spec, base, _ProgressObserver(progress))
+        console.print(summary_table(result.report))
+        for report in result.report.passes:
+            for decline in report.declined:
+                console.print(f"  [yellow]declined[/] {report.name} at {decline.target}: {decline.reason}")
+        out_dir = (output or base / spec.output_dir).resolve()
+        write_outputs(result, spec, out_dir)
+        console.print(f"wrote model.pt, report.json, recipe.json, graph.py to {out_dir}")
+
+
+def summary_table(report: OptimizeReport) -> Table:
+    """Before/after table of params and MACs, then one row per pass."""
+    table = Table(title=f"{report.model}: before → after")
+    for column in ("stage", "params", "MACs", "rewritten", "declined", "max rel err", "s"):
+        table.add_column(column, justify="left" if column == "stage" else "right",
+                         no_wrap=column == "stage")
+    table.add_row("before", human(report.before.params), human(report.before.macs), "", "", "", "")
+    for p in report.passes:
+        error = p.verification.max_rel_error if p.verification else None
+        table.add_row(
+            p.name, human(p.after.params) if p.after else "", human(p.after.macs) if p.after else "",
+            str(len(p.touched)), str(len(p.declined)),
+            f"{error:.1e}" if error is not None else ("lossy" if not p.exact else ""),
+            f"{p.seconds:.2f}" if p.seconds is not None else "",
+        )
+    table.add_row(
+        "after", f"{human(report.after.params)} ({report.ratio('params'):.1%})",
+        f"{human(report.after.macs)} ({report.ratio('macs'):.1%})", "", "", "", f"{report.seconds:.2f}",
+    )
+    return table
+
+
+def human(count: int) -> str:
+    """``1816557056`` → ``1.817G``."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.4g}{unit}"
+    return str(count)
+
+
+@app.command()
+def passes() -> None:
+    """List every registered pass with its rewrite and its fields."""
+    from graphopt.registry import REGISTRY
+
+    table = Table(title="registered passes")
+    for column in ("name", "exact", "rewrite", "fields", "from"):
+        table.add_column(column)
+    for cls in REGISTRY.passes():
+        first_line = (cls.__doc__ or "").strip().splitlines()[0]
+        fields = ", ".join(f"{n}={f.default!r}" if not f.is_required() else n
+                           for n, f in cls.model_fields.items())
+        table.add_row(cls.name, "yes" if cls.exact else "no", first_line, fields, cls.__module__)
+    console.print(table)
+    for name, error in REGISTRY.load_errors.items():
+        console.print(f"[red]failed to load[/] {name}: {error}")
+
+
+@app.command()
+def schema(name: Annotated[str | None, typer.Argument(help="recipe, report or a pass name.")] = None) -> None:
+    """Print a JSON Schema (without NAME: list the available ones)."""
+    from graphopt.registry import REGISTRY
+    from graphopt.schema_export import pass_schema, recipe_schema, report_schema
+
+    with _errors():
+        available = ["recipe", "report", *(p.name for p in REGISTRY.passes())]
+        if name is None:
+            console.print("\n".join(available))
+            return
+        if name == "recipe":
+            document = recipe_schema(REGISTRY.passes())
+        elif name == "report":
+            document = report_schema()
+        else:
+            document = pass_schema(REGISTRY.resolve(name))
+        print(json.dumps(document, indent=2, sort_keys=True))
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="Recipe file, saved model.pt, or torchvision:NAME.")],
+    shape: Annotated[str | None, typer.Option(help="Input shape for model.pt / torchvision, e.g. 1,3,224,224.")] = None,
+) -> None:
+    """Print the captured graph: every node with its shape, MACs and params."""
+    from graphopt.analysis.cost import model_stats, node_costs
+
+    with _errors():
+        gm = _captured(source, shape)
+        table = Table(title=f"{type(gm).__name__} ({source})")
+        for column in ("node", "op", "target", "shape", "MACs", "params"):
+            table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
+        for cost in node_costs(gm):
+            table.add_row(cost.node, cost.op, cost.target, str(list(cost.shape)) if cost.shape else "",
+                          f"{cost.macs:,}" if cost.macs else "", f"{cost.params:,}" if cost.params else "")
+        console.print(table)
+        stats = model_stats(gm)
+        console.print(f"total: {stats.params:,} params, {stats.macs:,} MACs")
+
+
+def _captured(source: str, shape: str | None):
+    from graphopt.analysis.shapes import propagate_shapes
+    from graphopt.frontend.fx import capture
+    from graphopt.recipe import TorchvisionModel, load_recipe
+
+    if source.endswith((".yaml", ".yml", ".json")):
+        spec, base = load_recipe(source)
+        model = spec.model.build(base)
+        model.train(spec.capture.mode == "train")
+        return capture(model, spec.example_inputs(), leaf_modules=spec.capture.leaf_modules,
+                       leaf_types=spec.capture.leaf_types)
+    if shape is None:
+        raise typer.BadParameter("--shape is needed for a model without a recipe")
+    import torch
+
+    inputs = torch.randn([int(s) for s in shape.split(",")])
+    if source.startswith("torchvision:"):
+        return capture(TorchvisionModel(torchvision=source.split(":", 1)[1]).build(Path()).eval(), inputs)
+    gm = torch.load(source, weights_only=False)
+    propagate_shapes(gm, (inputs,))
+    return gm
+
+
+class _errors:
+    """Print graphopt's own errors without a traceback and exit with status 1."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, GraphOptError):
+            console.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1)
+        return False
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
