@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(BIN)/graphopt run docs/examples/resnet18_demo.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check graphopt passes tests docs/examples
+	$(BIN)/ruff format --check graphopt passes tests docs/examples
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -15,9 +15,16 @@ from graphopt.errors import GraphOptError
 from graphopt.pass_base import Pass
 from graphopt.report import OptimizeReport, PassReport
 
-app = typer.Typer(help="graphopt: rewrite PyTorch models into smaller, faster ones.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+app = typer.Typer(
+    help="graphopt: rewrite PyTorch models into smaller, faster ones.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console() -> Console:
+    """A console sized at call time (so COLUMNS and the real terminal width are honoured)."""
+    return Console()
 
 
 class _ProgressObserver:
@@ -43,21 +50,31 @@ class _ProgressObserver:
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).")],
-    output: Annotated[Path | None, typer.Option(help="Output directory (default: the recipe's).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (default: the recipe's).")
+    ] = None,
 ) -> None:
     """Run a recipe: capture, rewrite, verify, report, and write the results."""
+    console = _console()
     from graphopt.recipe import load_recipe
     from graphopt.runner import run_recipe, write_outputs
 
     with _errors():
         spec, base = load_recipe(recipe)
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console, transient=True) as progress:
             result = run_recipe(spec, base, _ProgressObserver(progress))
         console.print(summary_table(result.report))
         for report in result.report.passes:
             for decline in report.declined:
-                console.print(f"  [yellow]declined[/] {report.name} at {decline.target}: {decline.reason}")
+                console.print(
+                    f"  [yellow]declined[/] {report.name} at {decline.target}: {decline.reason}"
+                )
         out_dir = (output or base / spec.output_dir).resolve()
         write_outputs(result, spec, out_dir)
         console.print(f"wrote model.pt, report.json, recipe.json, graph.py to {out_dir}")
@@ -67,20 +84,29 @@ def summary_table(report: OptimizeReport) -> Table:
     """Before/after table of params and MACs, then one row per pass."""
     table = Table(title=f"{report.model}: before → after")
     for column in ("stage", "params", "MACs", "rewritten", "declined", "max rel err", "s"):
-        table.add_column(column, justify="left" if column == "stage" else "right",
-                         no_wrap=column == "stage")
+        table.add_column(
+            column, justify="left" if column == "stage" else "right", no_wrap=column == "stage"
+        )
     table.add_row("before", human(report.before.params), human(report.before.macs), "", "", "", "")
     for p in report.passes:
         error = p.verification.max_rel_error if p.verification else None
         table.add_row(
-            p.name, human(p.after.params) if p.after else "", human(p.after.macs) if p.after else "",
-            str(len(p.touched)), str(len(p.declined)),
+            p.name,
+            human(p.after.params) if p.after else "",
+            human(p.after.macs) if p.after else "",
+            str(len(p.touched)),
+            str(len(p.declined)),
             f"{error:.1e}" if error is not None else ("lossy" if not p.exact else ""),
             f"{p.seconds:.2f}" if p.seconds is not None else "",
         )
     table.add_row(
-        "after", f"{human(report.after.params)} ({report.ratio('params'):.1%})",
-        f"{human(report.after.macs)} ({report.ratio('macs'):.1%})", "", "", "", f"{report.seconds:.2f}",
+        "after",
+        f"{human(report.after.params)} ({report.ratio('params'):.1%})",
+        f"{human(report.after.macs)} ({report.ratio('macs'):.1%})",
+        "",
+        "",
+        "",
+        f"{report.seconds:.2f}",
     )
     return table
 
@@ -96,6 +122,7 @@ def human(count: int) -> str:
 @app.command()
 def passes() -> None:
     """List every registered pass with its rewrite and its fields."""
+    console = _console()
     from graphopt.registry import REGISTRY
 
     table = Table(title="registered passes")
@@ -103,8 +130,9 @@ def passes() -> None:
         table.add_column(column)
     for cls in REGISTRY.passes():
         first_line = (cls.__doc__ or "").strip().splitlines()[0]
-        fields = ", ".join(f"{n}={f.default!r}" if not f.is_required() else n
-                           for n, f in cls.model_fields.items())
+        fields = ", ".join(
+            f"{n}={f.default!r}" if not f.is_required() else n for n, f in cls.model_fields.items()
+        )
         table.add_row(cls.name, "yes" if cls.exact else "no", first_line, fields, cls.__module__)
     console.print(table)
     for name, error in REGISTRY.load_errors.items():
@@ -112,8 +140,11 @@ def passes() -> None:
 
 
 @app.command()
-def schema(name: Annotated[str | None, typer.Argument(help="recipe, report or a pass name.")] = None) -> None:
+def schema(
+    name: Annotated[str | None, typer.Argument(help="recipe, report or a pass name.")] = None,
+) -> None:
     """Print a JSON Schema (without NAME: list the available ones)."""
+    console = _console()
     from graphopt.registry import REGISTRY
     from graphopt.schema_export import pass_schema, recipe_schema, report_schema
 
@@ -133,10 +164,15 @@ def schema(name: Annotated[str | None, typer.Argument(help="recipe, report or a 
 
 @app.command()
 def inspect(
-    source: Annotated[str, typer.Argument(help="Recipe file, saved model.pt, or torchvision:NAME.")],
-    shape: Annotated[str | None, typer.Option(help="Input shape for model.pt / torchvision, e.g. 1,3,224,224.")] = None,
+    source: Annotated[
+        str, typer.Argument(help="Recipe file, saved model.pt, or torchvision:NAME.")
+    ],
+    shape: Annotated[
+        str | None, typer.Option(help="Input shape for model.pt / torchvision, e.g. 1,3,224,224.")
+    ] = None,
 ) -> None:
     """Print the captured graph: every node with its shape, MACs and params."""
+    console = _console()
     from graphopt.analysis.cost import model_stats, node_costs
 
     with _errors():
@@ -145,8 +181,14 @@ def inspect(
         for column in ("node", "op", "target", "shape", "MACs", "params"):
             table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
         for cost in node_costs(gm):
-            table.add_row(cost.node, cost.op, cost.target, str(list(cost.shape)) if cost.shape else "",
-                          f"{cost.macs:,}" if cost.macs else "", f"{cost.params:,}" if cost.params else "")
+            table.add_row(
+                cost.node,
+                cost.op,
+                cost.target,
+                str(list(cost.shape)) if cost.shape else "",
+                f"{cost.macs:,}" if cost.macs else "",
+                f"{cost.params:,}" if cost.params else "",
+            )
         console.print(table)
         stats = model_stats(gm)
         console.print(f"total: {stats.params:,} params, {stats.macs:,} MACs")
@@ -161,15 +203,21 @@ def _captured(source: str, shape: str | None):
         spec, base = load_recipe(source)
         model = spec.model.build(base)
         model.train(spec.capture.mode == "train")
-        return capture(model, spec.example_inputs(), leaf_modules=spec.capture.leaf_modules,
-                       leaf_types=spec.capture.leaf_types)
+        return capture(
+            model,
+            spec.example_inputs(),
+            leaf_modules=spec.capture.leaf_modules,
+            leaf_types=spec.capture.leaf_types,
+        )
     if shape is None:
         raise typer.BadParameter("--shape is needed for a model without a recipe")
     import torch
 
     inputs = torch.randn([int(s) for s in shape.split(",")])
     if source.startswith("torchvision:"):
-        return capture(TorchvisionModel(torchvision=source.split(":", 1)[1]).build(Path()).eval(), inputs)
+        return capture(
+            TorchvisionModel(torchvision=source.split(":", 1)[1]).build(Path()).eval(), inputs
+        )
     gm = torch.load(source, weights_only=False)
     propagate_shapes(gm, (inputs,))
     return gm
@@ -183,7 +231,7 @@ class _errors:
 
     def __exit__(self, kind, exc, tb):
         if isinstance(exc, GraphOptError):
-            console.print(f"[red]error:[/] {exc}", highlight=False)
+            _console().print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(1)
         return False
 

@@ -12,8 +12,8 @@ GraphOptError
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 class GraphOptError(Exception):

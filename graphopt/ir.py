@@ -8,9 +8,20 @@ from torch import fx, nn
 
 _INPLACE_OPERATORS = frozenset(
     {
-        operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-        operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
-        operator.ilshift, operator.irshift, operator.imatmul, operator.setitem,
+        operator.iadd,
+        operator.isub,
+        operator.imul,
+        operator.itruediv,
+        operator.ifloordiv,
+        operator.imod,
+        operator.ipow,
+        operator.iand,
+        operator.ior,
+        operator.ixor,
+        operator.ilshift,
+        operator.irshift,
+        operator.imatmul,
+        operator.setitem,
     }
 )
 
@@ -39,7 +50,9 @@ def mutates_input(gm: fx.GraphModule, node: fx.Node) -> bool:
         return node.target.endswith("_") and not node.target.startswith("__")
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
-        return node.target in _INPLACE_OPERATORS or (name.endswith("_") and not name.startswith("__"))
+        return node.target in _INPLACE_OPERATORS or (
+            name.endswith("_") and not name.startswith("__")
+        )
     if node.op == "call_module":
         return getattr(gm.get_submodule(node.target), "inplace", False) is True
     return False

@@ -92,7 +92,9 @@ def apply_rules(gm: fx.GraphModule, rules: tuple[Rule, ...], selected) -> RuleOu
             if verdict:
                 outcome.touched += rule.rewrite(match, gm)
                 break
-            outcome.declined.append(Decline(target=name, reason=verdict.reason or "", location=source_location(node)))
+            outcome.declined.append(
+                Decline(target=name, reason=verdict.reason or "", location=source_location(node))
+            )
     if outcome.modified:
         gm.graph.lint()
         gm.recompile()

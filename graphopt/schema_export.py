@@ -82,15 +82,20 @@ def pass_reference(passes: tuple[type[Pass], ...]) -> str:
     ]
     for cls in passes:
         lines += [f"## `{cls.name}` ({cls.__name__})", "", inspect.cleandoc(cls.__doc__ or ""), ""]
-        lines += [f"Exact: {'yes' if cls.exact else 'no (lossy)'}. Schema: "
-                  f"`schemas/{cls.name}.schema.json`.", ""]
+        lines += [
+            f"Exact: {'yes' if cls.exact else 'no (lossy)'}. Schema: "
+            f"`schemas/{cls.name}.schema.json`.",
+            "",
+        ]
         lines += ["| field | type | default | description |", "|---|---|---|---|"]
         properties = cls.model_json_schema().get("properties", {})
         for field_name, info in cls.model_fields.items():
             prop = properties.get(field_name, {})
             kind = prop.get("type") or prop.get("anyOf") or prop.get("$ref", "")
             default = "required" if info.is_required() else f"`{json.dumps(prop.get('default'))}`"
-            lines.append(f"| `{field_name}` | {_short(kind)} | {default} | {info.description or ''} |")
+            lines.append(
+                f"| `{field_name}` | {_short(kind)} | {default} | {info.description or ''} |"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

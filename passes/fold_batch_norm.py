@@ -53,13 +53,17 @@ class FoldNormIntoProducer(Rule[ProducerNorm]):
             return MatchResult.fail(f"{match.norm.target} keeps no running statistics")
         others = [u.name for u in match.producer.users if u is not match.norm]
         if others:
-            return MatchResult.fail(f"its output is also used by {others}; folding would change them")
+            return MatchResult.fail(
+                f"its output is also used by {others}; folding would change them"
+            )
         for node in (match.producer, match.norm):
             sites = call_sites(gm, node.target)
             if len(sites) > 1:
                 return MatchResult.fail(f"module {node.target} is called at {len(sites)} places")
         shape = shape_of(match.producer)
-        if isinstance(module_of(gm, match.producer), nn.Linear) and (shape is None or len(shape) != 2):
+        if isinstance(module_of(gm, match.producer), nn.Linear) and (
+            shape is None or len(shape) != 2
+        ):
             return MatchResult.fail(
                 f"BatchNorm1d after a Linear with output shape {shape} normalises dim 1, "
                 "not the Linear's features"
@@ -107,4 +111,6 @@ class FoldBatchNorm(Pass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         outcome = apply_rules(gm, self.rules, self.selects)
-        return PassResult(gm, outcome.modified, self.report(outcome.modified, outcome.touched, outcome.declined))
+        return PassResult(
+            gm, outcome.modified, self.report(outcome.modified, outcome.touched, outcome.declined)
+        )

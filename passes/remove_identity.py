@@ -13,10 +13,23 @@ from graphopt.ir import module_of
 from graphopt.pass_base import Pass, PassContext, PassResult
 from graphopt.rewrite import MatchResult, Rule, apply_rules
 
-DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                   nn.FeatureAlphaDropout)
-DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-                     F.feature_alpha_dropout, torch.dropout)
+DROPOUT_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+DROPOUT_FUNCTIONS = (
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+)
 SHAPE_FUNCTIONS = (torch.reshape, torch.flatten)
 SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous")
 
@@ -125,4 +138,6 @@ class RemoveIdentity(Pass):
         outcome = apply_rules(gm, self.rules, self.selects)
         if outcome.modified:
             gm.delete_all_unused_submodules()
-        return PassResult(gm, outcome.modified, self.report(outcome.modified, outcome.touched, outcome.declined))
+        return PassResult(
+            gm, outcome.modified, self.report(outcome.modified, outcome.touched, outcome.declined)
+        )

@@ -64,8 +64,15 @@ def _linear_macs(m: nn.Module, node: fx.Node) -> int:
 
 @_register(
     MODULE_MACS,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LocalResponseNorm,
 )
 def _norm_macs(m: nn.Module, node: fx.Node) -> int:
     return _numel(shape_of(node))
@@ -78,7 +85,11 @@ def _mha_macs(m: nn.MultiheadAttention, node: fx.Node) -> int:
         return 0
     seq_dim = 1 if m.batch_first else 0
     batch = q[1 - seq_dim] if len(q) == 3 else 1
-    lq, lk, e = q[seq_dim] if len(q) == 3 else q[0], k[seq_dim] if len(k) == 3 else k[0], m.embed_dim
+    lq, lk, e = (
+        q[seq_dim] if len(q) == 3 else q[0],
+        k[seq_dim] if len(k) == 3 else k[0],
+        m.embed_dim,
+    )
     projections = lq * e * e + lk * e * m.kdim + lk * e * m.vdim + lq * e * e
     attention = 2 * lq * lk * e
     return batch * (projections + attention)
@@ -92,8 +103,15 @@ def _matmul_macs(node: fx.Node) -> int:
     return _numel(out) * a[-1]
 
 
-for _fn in (torch.matmul, torch.mm, torch.bmm, operator.matmul, torch.Tensor.matmul,
-            torch.Tensor.mm, torch.Tensor.bmm):
+for _fn in (
+    torch.matmul,
+    torch.mm,
+    torch.bmm,
+    operator.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.mm,
+    torch.Tensor.bmm,
+):
     FUNCTION_MACS[_fn] = _matmul_macs
 
 
@@ -167,7 +185,9 @@ def node_costs(gm: fx.GraphModule) -> list[NodeCost]:
         if node.op == "call_module":
             params = sum(p.numel() for p in gm.get_submodule(node.target).parameters())
         costs.append(
-            NodeCost(node.name, node.op, _target_name(node), shape_of(node), node_macs(gm, node), params)
+            NodeCost(
+                node.name, node.op, _target_name(node), shape_of(node), node_macs(gm, node), params
+            )
         )
     return costs
 

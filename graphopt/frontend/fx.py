@@ -63,13 +63,26 @@ def capture(
     inputs = as_input_tuple(example_inputs)
     model = copy.deepcopy(model)
     tracer = LeafTracer(leaf_modules, leaf_types)
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a CaptureError
-        raise _explain_trace_failure(model, exc) from exc
-    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    if tracer.is_leaf_module(model, ""):
+        gm = _single_leaf_graph(model, len(inputs))  # tracing would go inside the root
+    else:
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a CaptureError
+            raise _explain_trace_failure(model, exc) from exc
+        gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
     propagate_shapes(gm, inputs)
     return gm
+
+
+def _single_leaf_graph(leaf: nn.Module, num_inputs: int) -> fx.GraphModule:
+    """``x₀…xₙ ↦ module(x₀…xₙ)`` for a model that is itself a leaf (``capture(nn.Conv2d(..), x)``)."""
+    root = nn.Module()
+    root.add_module("module", leaf)
+    graph = fx.Graph()
+    args = tuple(graph.placeholder(f"input_{i}") for i in range(num_inputs))
+    graph.output(graph.call_module("module", args))
+    return fx.GraphModule(root, graph, type(leaf).__name__)
 
 
 def _explain_trace_failure(model: nn.Module, exc: Exception) -> CaptureError:

@@ -8,14 +8,14 @@ from typing import ClassVar
 import pydantic
 import pytest
 import torch
-from torch import fx, nn
+from torch import nn
 
 import graphopt
 from graphopt.errors import ConfigError, PassError, VerificationError
 from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_manager import PassManager
 from graphopt.passes import EliminateDeadCode, FoldBatchNorm, RemoveIdentity
 from graphopt.passes.fold_batch_norm import FoldNormIntoProducer
-from graphopt.pass_manager import PassManager
 from tests.models import ConvBnRelu, ResidualBlock, randomize_batch_norm
 
 
@@ -179,7 +179,9 @@ def test_a_pass_must_return_a_pass_result():
 
 
 def test_requires_is_checked_before_anything_runs():
-    with pytest.raises(ConfigError, match=r"passes\[0\] \(needs_fold\) requires \['fold_batch_norm'\]"):
+    with pytest.raises(
+        ConfigError, match=r"passes\[0\] \(needs_fold\) requires \['fold_batch_norm'\]"
+    ):
         PassManager([NeedsFold(), FoldBatchNorm()])
     PassManager([FoldBatchNorm(), NeedsFold()])  # the right order is accepted
     gm = graphopt.capture(small_model(), X)
@@ -204,8 +206,10 @@ def test_observer_sees_every_pass_in_order():
 
     graphopt.optimize(small_model(), X, [FoldBatchNorm(), EliminateDeadCode()], observer=Recorder())
     assert events == [
-        ("start", 0, 2, "fold_batch_norm"), ("end", 0, 2, "fold_batch_norm"),
-        ("start", 1, 2, "eliminate_dead_code"), ("end", 1, 2, "eliminate_dead_code"),
+        ("start", 0, 2, "fold_batch_norm"),
+        ("end", 0, 2, "fold_batch_norm"),
+        ("start", 1, 2, "eliminate_dead_code"),
+        ("end", 1, 2, "eliminate_dead_code"),
     ]
 
 
@@ -215,7 +219,9 @@ def test_selectors_limit_what_a_pass_touches():
     assert only_block.touched == ["1.conv1", "1.conv2"]
     skip_first = graphopt.optimize(model, X, [FoldBatchNorm(exclude=["0.*"])]).report.passes[0]
     assert skip_first.touched == ["1.conv1", "1.conv2"]
-    by_type = graphopt.optimize(model, X, [FoldBatchNorm(module_types=[nn.Linear])]).report.passes[0]
+    by_type = graphopt.optimize(model, X, [FoldBatchNorm(module_types=[nn.Linear])]).report.passes[
+        0
+    ]
     assert by_type.touched == [] and not by_type.modified
 
 

@@ -69,8 +69,12 @@ def test_every_problem_is_reported_at_once():
     """)
     paths = [p.split(":")[0] for p in found]
     assert paths == [
-        "passes[0].pass", "passes[1].ratio", "passes[2]",
-        "model.torchvision.weights", "inputs", "output",
+        "passes[0].pass",
+        "passes[1].ratio",
+        "passes[2]",
+        "model.torchvision.weights",
+        "inputs",
+        "output",
     ]
     assert "did you mean fold_batch_norm" in found[0]
     assert "(line 5)" in found[0]
@@ -100,7 +104,10 @@ def test_json_recipes_work_and_round_trip(tmp_path):
     again, base = load_recipe(path)
     assert again == recipe and base == tmp_path
     assert json.loads(path.read_text())["passes"][0] == {
-        "pass": "fold_batch_norm", "include": [], "exclude": ["0.*"], "module_types": [],
+        "pass": "fold_batch_norm",
+        "include": [],
+        "exclude": ["0.*"],
+        "module_types": [],
     }
 
 
@@ -109,11 +116,16 @@ def test_run_and_write_outputs_then_reload_the_saved_graph(tmp_path):
     result = run_recipe(recipe, ROOT)
     assert result.report.passes[0].touched == ["1.conv1", "1.conv2"]
     write_outputs(result, recipe, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "report.json", "recipe.json", "graph.py"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.pt",
+        "report.json",
+        "recipe.json",
+        "graph.py",
+    }
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passes"][0]["name"] == "fold_batch_norm"
 
-    reloaded = parse_recipe(f"model: {{graph_module: model.pt}}\ninputs: [{{shape: [2, 3, 8, 8]}}]\n")
+    reloaded = parse_recipe("model: {graph_module: model.pt}\ninputs: [{shape: [2, 3, 8, 8]}]\n")
     model = reloaded.model.build(tmp_path)
     x = recipe.example_inputs()[0]
     with torch.no_grad():
@@ -121,11 +133,13 @@ def test_run_and_write_outputs_then_reload_the_saved_graph(tmp_path):
 
 
 def test_leaf_types_resolve_at_the_recipe_boundary():
-    recipe = parse_recipe(textwrap.dedent("""
+    recipe = parse_recipe(
+        textwrap.dedent("""
         model: {python: "tests.models:NeedsLeaf"}
         inputs: [{shape: [1, 3, 4, 4]}]
         capture: {leaf_types: [tests.models.DataDependentBranch]}
-    """))
+    """)
+    )
     from tests.models import DataDependentBranch
 
     assert recipe.capture.leaf_types == [DataDependentBranch]
@@ -134,10 +148,11 @@ def test_leaf_types_resolve_at_the_recipe_boundary():
 
 
 def test_integer_inputs_respect_their_range():
-    recipe = parse_recipe("model: {torchvision: resnet18}\n"
-                          "inputs: [{shape: [2, 16], dtype: int64, low: 5, high: 9}]")
+    recipe = parse_recipe(
+        "model: {torchvision: resnet18}\ninputs: [{shape: [2, 16], dtype: int64, low: 5, high: 9}]"
+    )
     (ids,) = recipe.example_inputs()
-    assert ids.dtype == torch.int64 and 5 <= ids.min() and ids.max() < 9
+    assert ids.dtype == torch.int64 and ids.min() >= 5 and ids.max() < 9
 
 
 def test_format_path():
@@ -147,6 +162,9 @@ def test_format_path():
 
 
 def test_recipe_is_a_python_object_too():
-    recipe = Recipe(model={"torchvision": "resnet18"}, inputs=[{"shape": [1, 3, 32, 32]}],
-                    passes=[FoldBatchNorm()])
+    recipe = Recipe(
+        model={"torchvision": "resnet18"},
+        inputs=[{"shape": [1, 3, 32, 32]}],
+        passes=[FoldBatchNorm()],
+    )
     assert recipe.passes[0].name == "fold_batch_norm"

@@ -48,7 +48,9 @@ def installed_plugin(tmp_path, monkeypatch):
     (package / "__init__.py").write_text(PLUGIN_SOURCE)
     dist_info = tmp_path / "graphopt_census-0.1.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: graphopt-census\nVersion: 0.1\n")
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: graphopt-census\nVersion: 0.1\n"
+    )
     (dist_info / "entry_points.txt").write_text(
         "[graphopt.passes]\nnode_census = graphopt_census:NodeCensus\n"
     )
@@ -67,14 +69,16 @@ def test_builtins_register_through_entry_points():
 
 
 def test_plugin_pass_runs_from_a_recipe(installed_plugin):
-    recipe = parse_recipe(textwrap.dedent("""
+    recipe = parse_recipe(
+        textwrap.dedent("""
         model: {python: "tests.models:conv_bn_model"}
         inputs: [{shape: [1, 3, 8, 8]}]
         passes:
           - pass: fold_batch_norm
           - pass: node_census
             top: 2
-    """))
+    """)
+    )
     assert type(recipe.passes[1]) is installed_plugin
     result = run_recipe(recipe, base_dir=graphopt_root())
     census = result.report.passes[1]
@@ -84,8 +88,10 @@ def test_plugin_pass_runs_from_a_recipe(installed_plugin):
 
 def test_plugin_fields_are_validated(installed_plugin):
     with pytest.raises(graphopt.RecipeError, match=r"passes\[0\]\.top"):
-        parse_recipe("model: {torchvision: resnet18}\ninputs: [{shape: [1]}]\n"
-                      "passes: [{pass: node_census, top: 0}]")
+        parse_recipe(
+            "model: {torchvision: resnet18}\ninputs: [{shape: [1]}]\n"
+            "passes: [{pass: node_census, top: 0}]"
+        )
 
 
 def test_two_classes_cannot_share_a_name():

@@ -33,8 +33,14 @@ def test_structure_conv_bn_becomes_one_conv_with_bias():
     "model, x",
     [
         (nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5)), torch.randn(2, 3, 9)),
-        (nn.Sequential(nn.Conv2d(3, 6, 3, groups=3, bias=True), nn.BatchNorm2d(6)), torch.randn(2, 3, 7, 7)),
-        (nn.Sequential(nn.Conv3d(2, 4, 3), nn.BatchNorm3d(4, affine=False)), torch.randn(1, 2, 5, 5, 5)),
+        (
+            nn.Sequential(nn.Conv2d(3, 6, 3, groups=3, bias=True), nn.BatchNorm2d(6)),
+            torch.randn(2, 3, 7, 7),
+        ),
+        (
+            nn.Sequential(nn.Conv3d(2, 4, 3), nn.BatchNorm3d(4, affine=False)),
+            torch.randn(1, 2, 5, 5, 5),
+        ),
         (nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5)), torch.randn(4, 6)),
     ],
     ids=["conv1d", "grouped-conv2d-bias", "conv3d-no-affine", "linear"],
@@ -43,7 +49,9 @@ def test_numbers_are_preserved_for_each_producer_kind(model, x):
     model = randomize_batch_norm(model).eval()
     result = graphopt.optimize(model, x, [FoldBatchNorm()])
     assert len(result.report.passes[0].touched) == 1
-    assert not any(issubclass(t, nn.modules.batchnorm._BatchNorm) for t in module_types(result.model))
+    assert not any(
+        issubclass(t, nn.modules.batchnorm._BatchNorm) for t in module_types(result.model)
+    )
     with torch.no_grad():
         assert max_rel_error(result.model(x), model(x)) < 1e-6
 
@@ -88,7 +96,9 @@ def test_declines_a_module_called_twice():
         def forward(self, x):
             return self.bn(self.conv(x)) + self.conv(x)
 
-    report = graphopt.optimize(Twice().eval(), torch.randn(1, 3, 4, 4), [FoldBatchNorm()]).report.passes[0]
+    report = graphopt.optimize(
+        Twice().eval(), torch.randn(1, 3, 4, 4), [FoldBatchNorm()]
+    ).report.passes[0]
     assert report.declined and "called at 2 places" in report.declined[0].reason
 
 

@@ -14,8 +14,10 @@ X = torch.randn(1, 3, 6, 6)
 
 
 def ops(gm) -> list[str]:
-    return [n.op + ":" + (n.target if isinstance(n.target, str) else n.target.__name__)
-            for n in gm.graph.nodes]
+    return [
+        n.op + ":" + (n.target if isinstance(n.target, str) else n.target.__name__)
+        for n in gm.graph.nodes
+    ]
 
 
 def test_identities_are_bypassed_and_their_modules_deleted():

@@ -1,0 +1,84 @@
+"""The graphopt CLI: run, passes, schema, inspect; graphopt errors exit 1 without a traceback."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from graphopt.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner(env={"COLUMNS": "240"})
+
+
+def write_recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_run_writes_outputs_and_prints_the_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = write_recipe(
+        tmp_path,
+        """
+        model: {python: "tests.models:conv_bn_model"}
+        inputs: [{shape: [1, 3, 8, 8]}]
+        passes: [{pass: fold_batch_norm}, {pass: eliminate_dead_code}]
+        output_dir: result
+    """,
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "before" in result.output
+        and "after" in result.output
+        and "fold_batch_norm" in result.output
+    )
+    report = json.loads((tmp_path / "result" / "report.json").read_text())
+    assert len(report["passes"][0]["touched"]) == 3
+
+
+def test_run_reports_recipe_errors_with_paths(tmp_path):
+    recipe = write_recipe(
+        tmp_path,
+        """
+        model: {torchvision: resnet18}
+        inputs: [{shape: [1, 3, 8, 8]}]
+        passes: [{pass: fold_batch_norm, ratio: 2}]
+    """,
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 1
+    assert "passes[0].ratio: Extra inputs are not permitted" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_passes_lists_builtins_with_their_rewrite():
+    result = runner.invoke(app, ["passes"])
+    assert result.exit_code == 0
+    for name in ("fold_batch_norm", "remove_identity", "eliminate_dead_code"):
+        assert name in result.output
+    assert "BatchNorm" in result.output
+
+
+def test_schema_prints_valid_json_and_lists_names():
+    listed = runner.invoke(app, ["schema"])
+    assert "recipe" in listed.output.split() and "fold_batch_norm" in listed.output.split()
+    result = runner.invoke(app, ["schema", "fold_batch_norm"])
+    assert json.loads(result.output)["title"] == "FoldBatchNorm"
+    unknown = runner.invoke(app, ["schema", "nope"])
+    assert unknown.exit_code == 1 and "unknown pass" in unknown.output
+
+
+def test_inspect_a_torchvision_model_and_a_recipe(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["inspect", "torchvision:resnet18", "--shape", "1,3,224,224"])
+    assert result.exit_code == 0, result.output
+    assert "layer1.0.conv1" in result.output
+    assert "total: 11,689,512 params, 1,816,557,056 MACs" in result.output
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["inspect", str(ROOT / "docs/examples/resnet18_demo.yaml")])
+    assert result.exit_code == 0 and "fc" in result.output

@@ -1,0 +1,72 @@
+"""The stable public surface: names and signatures. A change here is an API change: update
+the snapshot on purpose, and say so in the changelog."""
+
+from __future__ import annotations
+
+import inspect
+
+import graphopt
+
+EXPECTED_ALL = {
+    "REGISTRY",
+    "CaptureError",
+    "ConfigError",
+    "Decline",
+    "GraphOptError",
+    "MatchResult",
+    "ModelStats",
+    "OptimizeReport",
+    "OptimizeResult",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassManager",
+    "PassReport",
+    "PassResult",
+    "Recipe",
+    "RecipeError",
+    "RegistryError",
+    "Rule",
+    "UnsupportedGraphError",
+    "VerificationError",
+    "apply_rules",
+    "capture",
+    "load_recipe",
+    "optimize",
+    "parse_recipe",
+    "register_pass",
+}
+
+SIGNATURES = {
+    "optimize": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
+    "passes: 'Sequence[Pass]' = (), target: 'str | dict | None' = None, *, "
+    "leaf_modules: 'Iterable[str]' = (), leaf_types: 'Iterable[type[nn.Module]]' = (), "
+    "calibration_data: 'Iterable[Any] | None' = None, seed: 'int' = 0, "
+    "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
+    "capture": "(model: 'nn.Module', example_inputs: 'ExampleInputs', *, "
+    "leaf_modules: 'Iterable[str]' = (), "
+    "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
+    "apply_rules": "(gm: 'fx.GraphModule', rules: 'tuple[Rule, ...]', selected) -> 'RuleOutcome'",
+}
+
+
+def test_all_is_the_expected_surface():
+    assert set(graphopt.__all__) == EXPECTED_ALL
+    for name in graphopt.__all__:
+        assert hasattr(graphopt, name), name
+
+
+def test_signatures_are_stable():
+    for name, expected in SIGNATURES.items():
+        assert str(inspect.signature(getattr(graphopt, name))) == expected, name
+
+
+def test_pass_result_and_context_fields_are_stable():
+    assert [f for f in graphopt.PassResult.__dataclass_fields__] == ["graph", "modified", "report"]
+    assert list(graphopt.PassContext.__dataclass_fields__) == [
+        "example_inputs",
+        "calibration_data",
+        "seed",
+        "history",
+    ]
+    assert set(graphopt.Pass.model_fields) == {"include", "exclude", "module_types"}
