@@ -230,7 +230,7 @@ class _errors:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if isinstance(exc, GraphOptError):
+        if isinstance(exc, (GraphOptError, NotImplementedError)):
             _console().print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(1)
         return False

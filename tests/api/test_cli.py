@@ -82,3 +82,18 @@ def test_inspect_a_torchvision_model_and_a_recipe(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     result = runner.invoke(app, ["inspect", str(ROOT / "docs/examples/resnet18_demo.yaml")])
     assert result.exit_code == 0 and "fc" in result.output
+
+
+def test_compile_section_is_refused_clearly_until_compilation_lands(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = write_recipe(
+        tmp_path,
+        """
+        model: {python: "tests.models:conv_bn_model"}
+        inputs: [{shape: [1, 3, 8, 8]}]
+        compile: {target: llvm}
+    """,
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 1
+    assert "compiling with TVM is not available yet" in result.output
