@@ -30,7 +30,9 @@ class CaptureError(GraphOptError):
         module: str | None = None,
         location: str | None = None,
         hint: str | None = None,
+        node: str | None = None,
     ) -> None:
+        self.node = node
         self.module = module
         self.location = location
         self.hint = hint

@@ -46,6 +46,9 @@ class PassReport(_ReportModel):
     touched: list[str] = Field(default_factory=list, description="Modules or nodes rewritten.")
     declined: list[Decline] = Field(default_factory=list, description="Matches not rewritten.")
     notes: list[str] = Field(default_factory=list, description="Anything else worth knowing.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Pass-specific numbers (e.g. requested vs achieved)."
+    )
     before: ModelStats | None = None
     after: ModelStats | None = None
     verification: Verification | None = None

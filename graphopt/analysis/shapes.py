@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import Sequence
 
@@ -25,7 +26,8 @@ def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> obje
     """
     prop = _TrackingShapeProp(gm)
     try:
-        with side_effect_free_run(gm):
+        # ShapeProp prints a traceback before re-raising; the CaptureError says it all.
+        with side_effect_free_run(gm), contextlib.redirect_stderr(io.StringIO()):
             return prop.propagate(*inputs)
     except Exception as exc:  # noqa: BLE001 - name the node that failed
         node = prop.current
@@ -34,6 +36,7 @@ def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> obje
             module=str(node.target) if node is not None and node.op == "call_module" else None,
             location=source_location(node) if node is not None else None,
             hint="check the example input shapes and dtypes against what the model expects",
+            node=node.name if node is not None else None,
         ) from exc
 
 

@@ -1,0 +1,167 @@
+"""Which channels go: turn importance scores and a MAC (or channel) budget into removals.
+
+The MAC cost of a node is multilinear in its channel dims (output dims and contracted input
+dims), so the MACs left after removing channels are estimated exactly for conv, linear,
+matmul and norms as ``macs · Π keep_fraction(dim)``. A threshold on normalised importance
+(``global`` scope) or a common fraction (``uniform`` scope) is found by bisection so that the
+estimate meets the target after rounding; groups that cannot move simply drop out, which
+redistributes the budget to the others.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from graphopt.analysis.cost import node_macs
+from graphopt.channels.graph import ChannelGroup, Dim
+from graphopt.channels.rules import meta_items
+
+
+@dataclass
+class GroupPlan:
+    """One prunable group: channel order by importance and how far it may shrink."""
+
+    group: ChannelGroup
+    importance: np.ndarray
+    max_remove: int
+    round_to: int
+    counts: dict[Dim, np.ndarray]  # elements of each dim in each channel
+
+    def select(self, n: int) -> np.ndarray:
+        """The ``n`` (rounded, capped) least important channels, equal per block if blocked."""
+        n = self._rounded(min(n, self.max_remove))
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        block_of = self.group.block_of
+        if block_of is not None and (block_of >= 0).all():
+            chosen = self._per_block(n, block_of)
+        else:
+            chosen = np.argsort(self.importance, kind="stable")[:n]
+        return self._keep_every_dim_alive(chosen)
+
+    def _rounded(self, n: int) -> int:
+        total = self.group.num_channels
+        kept = max(self.round_to, int(round((total - n) / self.round_to)) * self.round_to)
+        return max(0, min(total - kept, self.max_remove))
+
+    def _per_block(self, n: int, block_of: np.ndarray) -> np.ndarray:
+        blocks = np.unique(block_of)
+        per_block = n // len(blocks)
+        chosen = []
+        for b in blocks:
+            members = np.flatnonzero(block_of == b)
+            k = min(per_block, len(members) - 1)
+            chosen.append(members[np.argsort(self.importance[members], kind="stable")[:k]])
+        return np.concatenate(chosen)
+
+    def _keep_every_dim_alive(self, chosen: np.ndarray) -> np.ndarray:
+        mask = np.zeros(self.group.num_channels, dtype=bool)
+        mask[chosen] = True
+        for counts in self.counts.values():
+            if counts.sum() and not counts[~mask].sum():
+                present = np.flatnonzero(mask & (counts > 0))
+                mask[present[np.argmax(self.importance[present])]] = False
+        return np.flatnonzero(mask)
+
+
+class MacModel:
+    """MACs of the graph as a function of how many elements each dim loses."""
+
+    def __init__(self, gm: fx.GraphModule, sizes: dict[Dim, int]) -> None:
+        self.terms: list[tuple[int, list[tuple[Dim, int]]]] = []
+        self.total = 0
+        for node in gm.graph.nodes:
+            macs = node_macs(gm, node)
+            if macs:
+                self.total += macs
+                factors = [(d, sizes[d]) for d in _mac_dims(gm, node) if d in sizes]
+                self.terms.append((macs, factors))
+
+    def macs(self, removed: dict[Dim, int]) -> float:
+        total = 0.0
+        for macs, factors in self.terms:
+            scale = 1.0
+            for dim, size in factors:
+                r = removed.get(dim)
+                if r:
+                    scale *= 1 - r / size
+            total += macs * scale
+        return total
+
+
+def _mac_dims(gm: fx.GraphModule, node: fx.Node) -> list[Dim]:
+    """Dims whose sizes multiply into a node's MACs: its output dims and contracted dims."""
+    dims = [
+        Dim("value", node.name, a, item)
+        for item, m in meta_items(node)
+        for a in range(len(m.shape))
+    ]
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            dims.append(Dim("param", f"{node.target}.weight", 1))
+        elif isinstance(module, nn.MultiheadAttention):
+            dims.append(Dim("param", f"{node.target}.in_proj_weight", 1))
+    elif node.target is F.linear and isinstance(node.args[1], fx.Node):
+        dims.append(Dim("param", str(node.args[1].target), 1))
+    elif node.target in _CONTRACTING or (node.op == "call_method" and node.target in _CONTRACTING):
+        source = node.args[0]
+        if isinstance(source, fx.Node) and meta_items(source):
+            rank = len(meta_items(source)[0][1].shape)
+            dims.append(Dim("value", source.name, rank - 1))
+    return dims
+
+
+_CONTRACTING = {
+    torch.matmul,
+    torch.mm,
+    torch.bmm,
+    operator.matmul,
+    F.scaled_dot_product_attention,
+    "matmul",
+    "mm",
+    "bmm",
+}
+
+
+def removed_counts(plans: list[GroupPlan], selection: dict[int, np.ndarray]) -> dict[Dim, int]:
+    counts: dict[Dim, int] = {}
+    for plan in plans:
+        chosen = selection.get(plan.group.index)
+        if chosen is None or not len(chosen):
+            continue
+        for dim, per_channel in plan.counts.items():
+            counts[dim] = int(per_channel[chosen].sum())
+    return counts
+
+
+def select_global(plans: list[GroupPlan], threshold: float) -> dict[int, np.ndarray]:
+    return {p.group.index: p.select(int((p.importance < threshold).sum())) for p in plans}
+
+
+def select_uniform(plans: list[GroupPlan], fraction: float) -> dict[int, np.ndarray]:
+    return {
+        p.group.index: p.select(int(math.floor(fraction * p.group.num_channels))) for p in plans
+    }
+
+
+def search(select, lo: float, hi: float, cost, target: float, steps: int = 40):
+    """Smallest parameter in [lo, hi] whose selection's cost is at most ``target``."""
+    best = select(hi)
+    if cost(best) > target:
+        return best, False
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        chosen = select(mid)
+        if cost(chosen) <= target:
+            hi, best = mid, chosen
+        else:
+            lo = mid
+    return best, True

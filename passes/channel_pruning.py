@@ -1,0 +1,266 @@
+"""ChannelPruning: remove the least important channels of every coupled group. Lossy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import fx
+
+from graphopt.analysis.cost import model_stats
+from graphopt.analysis.shapes import propagate_shapes
+from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
+from graphopt.channels.rules import meta_items
+from graphopt.channels.surgery import prune
+from graphopt.errors import CaptureError, ConfigError, PassError
+from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.passes._channel_budget import (
+    GroupPlan,
+    MacModel,
+    removed_counts,
+    search,
+    select_global,
+    select_uniform,
+)
+from graphopt.passes._importance import Importance, channel_importance, taylor_gradients
+from graphopt.report import Decline
+from graphopt.selectors import selects
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class GroupOverride(BaseModel):
+    """Cap how much of the groups touching the selected modules may be removed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    include: tuple[str, ...] = Field(min_length=1, description="Module-name globs.")
+    max_channel_ratio: float = Field(ge=0, lt=1, description="0 keeps these groups whole.")
+
+
+class ChannelPruning(Pass):
+    """W[:, S], W[S] removed for channel set S of each coupled group ⇒ physically thinner layers.
+
+    Groups come from the coupled-channel analysis (residual adds, concat/split offsets,
+    grouped and depthwise convs, reshapes, attention heads); a group touching an op without a
+    rule is frozen and listed in the report with the op that froze it. A group is pruned only
+    when every module it touches is selected (include/exclude/module_types).
+    """
+
+    name: ClassVar[str] = "channel_pruning"
+    exact: ClassVar[bool] = False
+
+    ratio: Fraction | None = Field(default=None, description="Fraction of MACs to remove.")
+    channel_ratio: Fraction | None = Field(
+        default=None, description="Fraction of prunable channels to remove (instead of ratio)."
+    )
+    importance: Importance = Field(default="l1", description="Channel importance criterion.")
+    scope: Literal["global", "uniform"] = Field(
+        default="global", description="Rank channels across groups, or the same fraction each."
+    )
+    round_to: int = Field(default=1, ge=1, description="Kept channels are a multiple of this.")
+    min_channels: int = Field(default=1, ge=1, description="Fewest channels a group keeps.")
+    max_channel_ratio: Fraction = Field(
+        default=0.9, description="Most of one group's channels that may be removed."
+    )
+    overrides: tuple[GroupOverride, ...] = Field(default=(), description="Per-module caps.")
+    calibration_batches: int = Field(
+        default=8, ge=1, description="Batches of calibration data used by taylor importance."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ChannelPruning:
+        if (self.ratio is None) == (self.channel_ratio is None):
+            raise ValueError("give exactly one of ratio (MACs) or channel_ratio (channels)")
+        return self
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        groups = find_groups(build_channel_graph(gm))
+        plans, declined = self._plans(gm, groups)
+        scores, notes = self._scores(gm, [p.group for p in plans], ctx)
+        for plan in plans:
+            plan.importance = scores[plan.group.index]
+        before = model_stats(gm)
+        for _ in range(MAX_REPAIRS):
+            selection, reached = self._select(gm, plans, groups)
+            removed = _removed_elements(plans, selection)
+            pruned, broken = _try_prune(gm, removed, ctx)
+            if broken is None:
+                break
+            node, error = broken
+            culprits = _groups_at(node, gm, plans, selection)
+            if not culprits:
+                raise PassError(
+                    self.name, ctx.history, RuntimeError(f"pruning broke {node}: {error}")
+                )
+            for plan in culprits:
+                plans.remove(plan)
+                declined.append(
+                    Decline(
+                        target=_names(plan.group), reason=f"pruning it breaks node {node}: {error}"
+                    )
+                )
+        else:
+            raise PassError(self.name, ctx.history, RuntimeError("no consistent pruning found"))
+        after = model_stats(pruned)
+        touched = sorted(
+            {d.owner.rpartition(".")[0] for d, i in removed.items() if d.kind == "param" and len(i)}
+        )
+        notes += self._summary(before, after, plans, selection, reached)
+        report = self.report(bool(touched), touched, declined, notes)
+        report.metrics.update(
+            requested_macs_reduction=self.ratio or 0.0,
+            achieved_macs_reduction=1 - after.macs / before.macs if before.macs else 0.0,
+            params_reduction=1 - after.params / before.params if before.params else 0.0,
+            channels_removed=float(sum(len(c) for c in selection.values())),
+        )
+        return PassResult(pruned, bool(touched), report)
+
+    def _plans(self, gm, groups: list[ChannelGroup]) -> tuple[list[GroupPlan], list[Decline]]:
+        plans, declined = [], []
+        for group in groups:
+            modules = sorted({d.owner.rpartition(".")[0] for d in group.params})
+            if not group.params or group.num_channels <= 1:
+                continue
+            if group.frozen_by:
+                declined.append(
+                    Decline(
+                        target=_names(group), reason="frozen: " + "; ".join(group.frozen_by[:3])
+                    )
+                )
+                continue
+            if not all(self.selects(m, _module(gm, m)) for m in modules):
+                continue
+            cap = self._cap(modules, group.num_channels)
+            if cap <= 0:
+                continue
+            counts = {
+                d: np.bincount(group.labels[d], minlength=group.num_channels) for d in group.dims
+            }
+            plans.append(GroupPlan(group, np.ones(group.num_channels), cap, self.round_to, counts))
+        return plans, declined
+
+    def _cap(self, modules: list[str], channels: int) -> int:
+        ratio = self.max_channel_ratio
+        for override in self.overrides:
+            if any(selects(m, None, override.include, (), ()) for m in modules):
+                ratio = min(ratio, override.max_channel_ratio)
+        return min(int(ratio * channels), channels - self.min_channels)
+
+    def _scores(self, gm, groups, ctx: PassContext):
+        gradients, notes = None, []
+        if self.importance == "taylor":
+            if ctx.calibration_data is None:
+                raise ConfigError(
+                    "importance 'taylor' needs calibration_data (optimize(..., calibration_data=...))"
+                )
+            gradients, loss = taylor_gradients(gm, ctx.calibration_data, self.calibration_batches)
+            notes.append(f"taylor importance from {loss}")
+        scores, more = channel_importance(gm, groups, self.importance, ctx.seed, gradients)
+        return scores, notes + more
+
+    def _select(self, gm, plans, groups):
+        sizes = {d: len(g.labels[d]) for g in groups for d in g.dims}
+        if self.channel_ratio is not None:
+            if self.scope == "uniform":
+                return select_uniform(plans, self.channel_ratio), True
+            total = sum(p.group.num_channels for p in plans)
+            target = (1 - self.channel_ratio) * total
+            kept = lambda sel: total - sum(len(c) for c in sel.values())  # noqa: E731
+            return search(lambda t: select_global(plans, t), 0.0, _max_score(plans), kept, target)
+        model = MacModel(gm, sizes)
+        target = (1 - self.ratio) * model.total
+        cost = lambda sel: model.macs(removed_counts(plans, sel))  # noqa: E731
+        if self.scope == "uniform":
+            return search(lambda f: select_uniform(plans, f), 0.0, 1.0, cost, target)
+        return search(lambda t: select_global(plans, t), 0.0, _max_score(plans), cost, target)
+
+    def _summary(self, before, after, plans, selection, reached) -> list[str]:
+        achieved = 1 - after.macs / before.macs if before.macs else 0.0
+        removed_groups = sum(1 for c in selection.values() if len(c))
+        notes = [
+            f"{removed_groups} of {len(plans)} prunable groups thinned; "
+            f"MACs −{achieved:.1%}, params −{1 - after.params / before.params:.1%}"
+        ]
+        if self.ratio is not None:
+            notes.insert(0, f"requested MACs −{self.ratio:.1%}, achieved −{achieved:.1%}")
+            if not reached:
+                notes.append(
+                    "target unreachable: every prunable group is at its limit "
+                    "(min_channels, max_channel_ratio, overrides, frozen groups); see declined"
+                )
+        return notes
+
+
+MAX_REPAIRS = 20
+
+
+def _removed_elements(plans: list[GroupPlan], selection: dict[int, np.ndarray]):
+    removed = {}
+    for plan in plans:
+        chosen = selection.get(plan.group.index, np.empty(0, dtype=np.int64))
+        for dim in plan.group.dims:
+            removed[dim] = plan.group.removed_indices(dim, chosen)
+    return removed
+
+
+def _try_prune(gm: fx.GraphModule, removed, ctx: PassContext):
+    """Prune a copy and run it; return (copy, None) or (None, (failing node, error))."""
+    candidate = copy.deepcopy(gm)
+    prune(candidate, removed)
+    try:
+        propagate_shapes(candidate, ctx.example_inputs)
+    except CaptureError as exc:
+        return None, (exc.node, str(exc.__cause__ or exc).splitlines()[0][:300])
+    return candidate, None
+
+
+def _groups_at(node_name: str | None, gm: fx.GraphModule, plans, selection) -> list[GroupPlan]:
+    """The thinned groups with a dim on the failing node or on its inputs."""
+    node = next((n for n in gm.graph.nodes if n.name == node_name), None)
+    if node is None:
+        return []
+    nearby = [node, *_tensor_ancestors(node)]
+    names = {n.name for n in nearby}
+    owners = {str(n.target) for n in nearby if n.op in ("call_module", "get_attr")}
+    return [
+        p
+        for p in plans
+        if len(selection.get(p.group.index, ()))
+        and any(
+            d.owner in names or d.owner.rpartition(".")[0] in owners or d.owner in owners
+            for d in p.group.dims
+        )
+    ]
+
+
+def _tensor_ancestors(node: fx.Node) -> list[fx.Node]:
+    """Inputs of ``node``, looking through size arithmetic (``x.shape[3] // 2``) to tensors."""
+    found, stack, seen = [], list(node.all_input_nodes), set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if meta_items(current):
+            found.append(current)
+        else:
+            stack.extend(current.all_input_nodes)
+    return found
+
+
+def _names(group: ChannelGroup) -> str:
+    modules = sorted({d.owner.rpartition(".")[0] for d in group.params})
+    return ", ".join(modules[:4]) + ("…" if len(modules) > 4 else "")
+
+
+def _max_score(plans: list[GroupPlan]) -> float:
+    return max((float(p.importance.max()) for p in plans), default=0.0) + 1e-9
+
+
+def _module(gm: fx.GraphModule, name: str):
+    try:
+        return gm.get_submodule(name)
+    except AttributeError:
+        return None
