@@ -44,8 +44,9 @@ class ChannelPruning(Pass):
 
     Groups come from the coupled-channel analysis (residual adds, concat/split offsets,
     grouped and depthwise convs, reshapes, attention heads); a group touching an op without a
-    rule is frozen and listed in the report with the op that froze it. A group is pruned only
-    when every module it touches is selected (include/exclude/module_types).
+    rule is frozen and listed in the report with the op that froze it. Selection is by
+    producer: a group is pruned only when every layer whose *output* channels it holds is
+    selected (include/exclude/module_types); excluding ``fc`` keeps fc's outputs, not its inputs.
     """
 
     name: ClassVar[str] = "channel_pruning"
@@ -130,7 +131,7 @@ class ChannelPruning(Pass):
                     )
                 )
                 continue
-            if not all(self.selects(m, _module(gm, m)) for m in modules):
+            if not all(self.selects(m, _module(gm, m)) for m in _producers(gm, group)):
                 continue
             cap = self._cap(modules, group.num_channels)
             if cap <= 0:
@@ -161,20 +162,20 @@ class ChannelPruning(Pass):
         return scores, notes + more
 
     def _select(self, gm, plans, groups):
-        sizes = {d: len(g.labels[d]) for g in groups for d in g.dims}
+        """Channels to remove per group, and whether the target was reached."""
         if self.channel_ratio is not None:
             if self.scope == "uniform":
                 return select_uniform(plans, self.channel_ratio), True
             total = sum(p.group.num_channels for p in plans)
-            target = (1 - self.channel_ratio) * total
             kept = lambda sel: total - sum(len(c) for c in sel.values())  # noqa: E731
-            return search(lambda t: select_global(plans, t), 0.0, _max_score(plans), kept, target)
+            return select_global(plans, kept, (1 - self.channel_ratio) * total)
+        sizes = {d: len(g.labels[d]) for g in groups for d in g.dims}
         model = MacModel(gm, sizes)
-        target = (1 - self.ratio) * model.total
         cost = lambda sel: model.macs(removed_counts(plans, sel))  # noqa: E731
+        target = (1 - self.ratio) * model.total
         if self.scope == "uniform":
             return search(lambda f: select_uniform(plans, f), 0.0, 1.0, cost, target)
-        return search(lambda t: select_global(plans, t), 0.0, _max_score(plans), cost, target)
+        return select_global(plans, cost, target)
 
     def _summary(self, before, after, plans, selection, reached) -> list[str]:
         achieved = 1 - after.macs / before.macs if before.macs else 0.0
@@ -248,6 +249,21 @@ def _tensor_ancestors(node: fx.Node) -> list[fx.Node]:
         else:
             stack.extend(current.all_input_nodes)
     return found
+
+
+def _producers(gm: fx.GraphModule, group: ChannelGroup) -> set[str]:
+    """Modules whose output channels are in the group (the layers it makes thinner)."""
+    outputs = {d.owner for d in group.dims if d.kind == "value"}
+    modules = {n.target for n in gm.graph.nodes if n.op == "call_module" and n.name in outputs}
+    modules = {m for m in modules if any(True for _ in gm.get_submodule(m).parameters())}
+    attrs = {
+        d.owner.rpartition(".")[0]
+        for d in group.params
+        if not d.owner.rpartition(".")[0]
+        or d.owner.rpartition(".")[0]
+        not in {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    }
+    return modules | attrs
 
 
 def _names(group: ChannelGroup) -> str:
