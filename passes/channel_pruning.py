@@ -125,6 +125,8 @@ class ChannelPruning(Pass):
             if not group.params or group.num_channels <= 1:
                 continue
             if group.frozen_by:
+                if not _producers(gm, group):
+                    continue  # e.g. the model input's channels: nothing here could thin them
                 declined.append(
                     Decline(
                         target=_names(group), reason="frozen: " + "; ".join(group.frozen_by[:3])

@@ -52,7 +52,19 @@ def op_key(gm: fx.GraphModule, node: fx.Node) -> object:
 
 
 def op_name(key: object) -> str:
-    return getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or str(key)
+    """A readable name for a rule key: ``Conv2d``, ``torch.cumsum``, ``Tensor.view``, …"""
+    name = getattr(key, "__name__", None) or str(key)
+    if isinstance(key, type):
+        return name
+    for prefix, namespace in (
+        ("torch.", torch),
+        ("Tensor.", torch.Tensor),
+        ("F.", torch.nn.functional),
+    ):
+        if getattr(namespace, name, None) is key:
+            return prefix + name
+    module = getattr(key, "__module__", None)
+    return f"{module}.{name}" if module else name
 
 
 def _module_rule(module_type: type) -> Rule | None:
