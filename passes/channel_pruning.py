@@ -108,7 +108,8 @@ class ChannelPruning(Pass):
         touched = sorted(
             {d.owner.rpartition(".")[0] for d, i in removed.items() if d.kind == "param" and len(i)}
         )
-        notes += self._summary(before, after, plans, selection, reached)
+        frozen = sum(1 for d in declined if d.reason.startswith("frozen"))
+        notes += self._summary(before, after, plans, selection, reached, frozen)
         report = self.report(bool(touched), touched, declined, notes)
         report.metrics.update(
             requested_macs_reduction=self.ratio or 0.0,
@@ -179,7 +180,7 @@ class ChannelPruning(Pass):
             return search(lambda f: select_uniform(plans, f), 0.0, 1.0, cost, target)
         return select_global(plans, cost, target)
 
-    def _summary(self, before, after, plans, selection, reached) -> list[str]:
+    def _summary(self, before, after, plans, selection, reached, frozen: int) -> list[str]:
         achieved = 1 - after.macs / before.macs if before.macs else 0.0
         removed_groups = sum(1 for c in selection.values() if len(c))
         notes = [
@@ -188,6 +189,11 @@ class ChannelPruning(Pass):
         ]
         if self.ratio is not None:
             notes.insert(0, f"requested MACs −{self.ratio:.1%}, achieved −{achieved:.1%}")
+            if frozen and reached:
+                notes.append(
+                    f"{frozen} group(s) frozen (see declined); the other groups took their share "
+                    "of the budget"
+                )
             if not reached:
                 notes.append(
                     "target unreachable: every prunable group is at its limit "

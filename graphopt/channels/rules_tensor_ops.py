@@ -500,3 +500,19 @@ def einsum_rule(ctx: RuleContext, node: fx.Node) -> None:
 
 # keep numpy imported for rules that build maps
 _ = np
+
+
+@register(F.scaled_dot_product_attention)
+def sdpa_rule(ctx: RuleContext, node: fx.Node) -> None:
+    """softmax(q kᵀ) v: q.E ↔ k.E; k.S ↔ v.S; out.L ↔ q.L; out.Ev ↔ v.Ev; batch/head axes."""
+    q, k, v = (ctx.arg(i, n) for i, n in ((0, "query"), (1, "key"), (2, "value")))
+    ctx.link(ctx.value(q, -1), ctx.value(k, -1))
+    ctx.link(ctx.value(k, -2), ctx.value(v, -2))
+    ctx.link(ctx.value(q, -2), ctx.out(-2))
+    ctx.link(ctx.value(v, -1), ctx.out(-1))
+    for axis in range(len(ctx.shape(q)) - 2):
+        for source in (q, k, v):
+            ctx.link(ctx.value(source, axis), ctx.out(axis))
+    mask = ctx.arg(3, "attn_mask")
+    if isinstance(mask, fx.Node):
+        ctx.freeze_value(mask, "attention mask")

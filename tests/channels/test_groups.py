@@ -185,3 +185,24 @@ def test_squeeze_excitation_gate_couples_with_the_gated_tensor():
     _, groups = groups_of(SE(), torch.randn(1, 3, 4, 4))
     g = group_with(groups, param("conv.weight", 0))
     assert param("fc2.weight", 0) in g.labels and param("fc1.weight", 1) in g.labels
+
+
+def test_conv_transpose_and_scaled_dot_product_attention():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(3, 6, 2, stride=2)
+            self.q, self.k, self.v = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            t = self.up(x).flatten(2).transpose(1, 2)  # tokens × 6 channels
+            return self.out(F.scaled_dot_product_attention(self.q(t), self.k(t), self.v(t)))
+
+    _, groups = groups_of(Net(), torch.randn(1, 3, 2, 2))
+    up = group_with(groups, param("up.weight", 1))
+    assert param("q.weight", 1) in up.labels and up.prunable
+    qk = group_with(groups, param("q.weight", 0))
+    assert param("k.weight", 0) in qk.labels and qk.prunable
+    v = group_with(groups, param("v.weight", 0))
+    assert param("out.weight", 1) in v.labels and v is not qk

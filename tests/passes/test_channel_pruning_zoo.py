@@ -56,6 +56,9 @@ def check(torchvision_models, name: str) -> None:
     assert abs(achieved - 0.5) <= 0.05 or frozen, (name, achieved, report.notes)
     assert result.report.after.params < result.report.before.params
     torch.export.export(result.model, (x,))
+    retraced = torch.fx.symbolic_trace(result.model)  # still traces
+    with torch.no_grad():
+        torch.testing.assert_close(retraced(x), result.model(x))
 
 
 @pytest.mark.parametrize("name", FAST)
