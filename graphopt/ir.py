@@ -56,3 +56,23 @@ def mutates_input(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
         return getattr(gm.get_submodule(node.target), "inplace", False) is True
     return False
+
+
+def replace_with_chain(gm: fx.GraphModule, node: fx.Node, modules: list[nn.Module]) -> list[str]:
+    """Replace the ``call_module`` ``node`` by calls of ``modules`` in sequence.
+
+    The modules are registered as ``<name>.0``, ``<name>.1``, … under an ``nn.Sequential``
+    that takes the old module's place, so qualified names stay readable. Returns their names.
+    """
+    name = str(node.target)
+    gm.add_submodule(name, nn.Sequential(*modules))
+    value, names = node.args[0], []
+    anchor = node
+    for index in range(len(modules)):
+        names.append(f"{name}.{index}")
+        with gm.graph.inserting_after(anchor):
+            anchor = value = gm.graph.call_module(names[-1], (value,))
+        anchor.meta["stack_trace"] = node.meta.get("stack_trace")
+    node.replace_all_uses_with(value)
+    gm.graph.erase_node(node)
+    return names

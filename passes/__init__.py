@@ -4,11 +4,20 @@ They register through the ``graphopt.passes`` entry-point group, exactly like pl
 """
 
 from graphopt.passes.channel_pruning import ChannelPruning
+from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode
 from graphopt.passes.fold_batch_norm import FoldBatchNorm
+from graphopt.passes.low_rank import LowRankFactorization
 from graphopt.passes.remove_identity import RemoveIdentity
 
-BUILTIN_PASSES = (ChannelPruning, EliminateDeadCode, FoldBatchNorm, RemoveIdentity)
+BUILTIN_PASSES = (
+    ChannelPruning,
+    DepthwiseSubstitution,
+    EliminateDeadCode,
+    FoldBatchNorm,
+    LowRankFactorization,
+    RemoveIdentity,
+)
 
 __all__ = [
     "BUILTIN_PASSES",

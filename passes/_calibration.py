@@ -1,0 +1,91 @@
+"""Input statistics of chosen layers on calibration batches (for activation-aware passes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+def first_inputs(batches: Iterable[Any], limit: int) -> list[torch.Tensor]:
+    """Up to ``limit`` input batches; ``(inputs, labels)`` pairs give their inputs."""
+    found = []
+    for batch in batches:
+        if len(found) >= limit:
+            break
+        found.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return found
+
+
+def patches(module: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Rows the layer's weight multiplies: features (Linear), im2col patches or pixels (conv)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if mode == "pixels":
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def input_covariances(
+    gm: fx.GraphModule, targets: dict[str, str], batches: list[torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """E[x xᵀ] of each target module's input rows; ``targets`` maps name → patches mode."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name, mode in targets.items():
+        module = gm.get_submodule(name)
+
+        def hook(mod, args, _name=name, _mode=mode):
+            rows = patches(mod, args[0].detach(), _mode).double()
+            sums[_name] = sums.get(_name, 0) + (rows.T @ rows).numpy()
+            counts[_name] = counts.get(_name, 0) + rows.shape[0]
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for x in batches:
+                gm(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def relative_output_error(
+    original: nn.Module, replacement: nn.Module, inputs: list[torch.Tensor]
+) -> float:
+    """‖f(x) − g(x)‖ / ‖f(x)‖ over the given layer inputs."""
+    num = den = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            want = original(x)
+            num += float((replacement(x) - want).double().pow(2).sum())
+            den += float(want.double().pow(2).sum())
+    return (num / den) ** 0.5 if den else 0.0
+
+
+def layer_inputs(
+    gm: fx.GraphModule, names: list[str], batches: list[torch.Tensor]
+) -> dict[str, list]:
+    """The tensors each named module receives on the calibration batches."""
+    seen: dict[str, list] = {n: [] for n in names}
+    handles = [
+        gm.get_submodule(n).register_forward_pre_hook(
+            lambda m, a, _n=n: seen[_n].append(a[0].detach())
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                gm(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
