@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint schemas install clean
+.PHONY: demo test lint schemas install bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m graphopt.schema_export
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/pruning.py
+	$(BIN)/python bench/low_rank.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -11,13 +11,25 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 
-def first_inputs(batches: Iterable[Any], limit: int) -> list[torch.Tensor]:
-    """Up to ``limit`` input batches; ``(inputs, labels)`` pairs give their inputs."""
+def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """A calibration batch as (model inputs, labels or None).
+
+    Accepted: a tensor; ``(inputs, labels)`` where inputs is a tensor or a tuple of tensors
+    (several model inputs).
+    """
+    if isinstance(batch, torch.Tensor):
+        return (batch,), None
+    inputs, labels = batch[0], batch[1] if len(batch) > 1 else None
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), labels
+
+
+def first_inputs(batches: Iterable[Any], limit: int) -> list[tuple[torch.Tensor, ...]]:
+    """The model inputs of up to ``limit`` calibration batches."""
     found = []
     for batch in batches:
         if len(found) >= limit:
             break
-        found.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        found.append(split_batch(batch)[0])
     return found
 
 
@@ -32,7 +44,7 @@ def patches(module: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def input_covariances(
-    gm: fx.GraphModule, targets: dict[str, str], batches: list[torch.Tensor]
+    gm: fx.GraphModule, targets: dict[str, str], batches: list[tuple]
 ) -> dict[str, np.ndarray]:
     """E[x xᵀ] of each target module's input rows; ``targets`` maps name → patches mode."""
     sums: dict[str, np.ndarray] = {}
@@ -49,8 +61,8 @@ def input_covariances(
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            for x in batches:
-                gm(x)
+            for inputs in batches:
+                gm(*inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -83,8 +95,8 @@ def layer_inputs(
     ]
     try:
         with torch.no_grad():
-            for x in batches:
-                gm(x)
+            for inputs in batches:
+                gm(*inputs)
     finally:
         for handle in handles:
             handle.remove()

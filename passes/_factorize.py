@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-RankMethod = Literal["rank", "rank_ratio", "energy", "vbmf"]
+RankMethod = Literal["rank", "rank_ratio", "energy", "param_ratio", "vbmf"]
 
 
 @dataclass(frozen=True)
 class RankRule:
-    """How to pick a rank from singular values: a fixed rank, a ratio, energy or VBMF."""
+    """How to pick a rank from singular values: a fixed rank, a ratio of the full rank, the
+    energy kept, the fraction of the matrix's parameters kept (r·(a+b) = value·a·b), or VBMF."""
 
     method: RankMethod
     value: float = 0.0
@@ -32,6 +33,9 @@ class RankRule:
             return max(1, min(int(self.value), full))
         if self.method == "rank_ratio":
             return max(1, min(full, math.ceil(self.value * full)))
+        if self.method == "param_ratio":
+            a, b = shape
+            return max(1, min(full, int(self.value * a * b / (a + b))))
         if self.method == "energy":
             energy = np.cumsum(s**2) / max(float(np.sum(s**2)), 1e-300)
             return max(1, min(full, int(np.searchsorted(energy, self.value - 1e-12) + 1)))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from graphopt.channels.graph import ChannelGroup, Dim
+from graphopt.passes._calibration import split_batch
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
 _NORM_TYPES = ("BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm")
@@ -96,9 +97,9 @@ def taylor_gradients(
     for index, batch in enumerate(batches):
         if index >= max_batches:
             break
-        inputs, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        inputs, labels = split_batch(batch)
         with torch.enable_grad():
-            output = gm(inputs)
+            output = gm(*inputs)
             if labels is not None:
                 loss, loss_kind = F.cross_entropy(output, labels), "cross-entropy on labels"
             else:

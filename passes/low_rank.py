@@ -34,12 +34,15 @@ class Candidate:
     macs: int
 
 
+_RULE_FIELDS = ("rank", "rank_ratio", "energy", "param_ratio")
+
+
 class LowRankFactorization(Pass):
     """Linear(in→out) ⇒ Linear(r→out) ∘ Linear(in→r); Conv ⇒ thin convs (channel, tucker2,
     spatial schemes) from truncated SVDs, optionally activation-aware (``whiten``).
 
     Rank: ``rank``, ``rank_ratio``, ``energy`` (smallest rank holding that fraction of the
-    squared spectrum), ``ratio`` (one energy for all layers, found so that the model loses that
+    squared spectrum), ``param_ratio`` (keep that fraction of each layer's parameters), ``ratio`` (one energy for all layers, found so that the model loses that
     fraction of its MACs) or ``rank_method: vbmf``. A layer is replaced only when the factors
     cost fewer MACs and parameters, unless ``require_savings`` is false.
     """
@@ -60,6 +63,9 @@ class LowRankFactorization(Pass):
     energy: Annotated[float, Field(gt=0, le=1)] | None = Field(
         default=None, description="Fraction of the squared singular values to keep."
     )
+    param_ratio: Fraction | None = Field(
+        default=None, description="Rank that keeps this fraction of each layer's parameters."
+    )
     ratio: Fraction | None = Field(default=None, description="Fraction of model MACs to remove.")
     whiten: bool = Field(default=False, description="Factor W·C^½ with calibration covariance C.")
     calibration_batches: int = Field(default=8, ge=1, description="Batches used by whiten.")
@@ -73,7 +79,7 @@ class LowRankFactorization(Pass):
         if self.rank_method == "vbmf" and given:
             raise ValueError(f"rank_method 'vbmf' picks ranks itself; remove {given}")
         if self.rank_method == "svd" and len(given) != 1:
-            raise ValueError("give exactly one of rank, rank_ratio, energy or ratio")
+            raise ValueError("give exactly one of rank, rank_ratio, energy, param_ratio or ratio")
         if self.whiten and self.scheme == "spatial":
             raise ValueError("whiten is available for linear layers and schemes channel, tucker2")
         return self
@@ -155,7 +161,7 @@ class LowRankFactorization(Pass):
     def _rule(self, gm, candidates, covs) -> fz.RankRule:
         if self.rank_method == "vbmf":
             return fz.RankRule("vbmf")
-        for field in ("rank", "rank_ratio", "energy"):
+        for field in _RULE_FIELDS:
             if getattr(self, field) is not None:
                 return fz.RankRule(field, getattr(self, field))
         return self._energy_for_macs(gm, candidates, covs)
