@@ -45,8 +45,13 @@ def encode(gm, tokenizer, sentences: list[str], batch: int = 64) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(sentences), batch):
-            tokens = tokenizer(sentences[start : start + batch], padding=True, truncation=True,
-                               max_length=128, return_tensors="pt")
+            tokens = tokenizer(
+                sentences[start : start + batch],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
             hidden = gm(tokens["input_ids"], tokens["attention_mask"])["last_hidden_state"]
             mask = tokens["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -65,8 +70,13 @@ def spearman(gm, tokenizer, pairs) -> float:
 def calibration(tokenizer, sentences: list[str], batches: int = 8, size: int = 32):
     data = []
     for k in range(batches):
-        tokens = tokenizer(sentences[k * size : (k + 1) * size], padding=True, truncation=True,
-                           max_length=128, return_tensors="pt")
+        tokens = tokenizer(
+            sentences[k * size : (k + 1) * size],
+            padding=True,
+            truncation=True,
+            max_length=128,
+            return_tensors="pt",
+        )
         data.append(((tokens["input_ids"], tokens["attention_mask"]), None))
     return data
 
@@ -78,19 +88,31 @@ def run_minilm(low_rank_pass) -> dict:
     train_first, _, _ = load_pairs("train")
     calib = calibration(tokenizer, train_first)
     example = calib[0][0]
-    results = {"baseline": spearman(gm, tokenizer, test), "rows": [],
-               "capture": "transformers.utils.fx.symbolic_trace(model, input_names=[input_ids, attention_mask])"}
+    results = {
+        "baseline": spearman(gm, tokenizer, test),
+        "rows": [],
+        "capture": "transformers.utils.fx.symbolic_trace(model, input_names=[input_ids, attention_mask])",
+    }
     linear_params = sum(m.weight.numel() for m in gm.modules() if isinstance(m, torch.nn.Linear))
     for target in TARGETS:
         row = {"target": target}
         for whiten in (False, True):
             result = graphopt.optimize(
-                gm, example,
-                [low_rank_pass(param_ratio=1 - target, whiten=whiten, module_types=["Linear"],
-                               include=["encoder.*"])],
+                gm,
+                example,
+                [
+                    low_rank_pass(
+                        param_ratio=1 - target,
+                        whiten=whiten,
+                        module_types=["Linear"],
+                        include=["encoder.*"],
+                    )
+                ],
                 calibration_data=calib,
             )
-            left = sum(m.weight.numel() for m in result.model.modules() if isinstance(m, torch.nn.Linear))
+            left = sum(
+                m.weight.numel() for m in result.model.modules() if isinstance(m, torch.nn.Linear)
+            )
             row["achieved"] = 1 - left / linear_params
             row["whiten" if whiten else "plain"] = spearman(result.model, tokenizer, test)
         print(row, flush=True)

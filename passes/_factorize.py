@@ -85,7 +85,7 @@ def thin_svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     takes well under a second and is accurate for the leading directions we keep. Results are
     memoised by content, so rank searches re-use them.
     """
-    key = (m.shape, hashlib.blake2b(np.ascontiguousarray(m).tobytes(), digest_size=16).digest())
+    key = ("svd", *_content_key(m))
     if key not in _SVD_CACHE:
         if len(_SVD_CACHE) > 256:
             _SVD_CACHE.clear()
@@ -111,12 +111,24 @@ def _transposed(usv):
     return vt.T, s, u.T
 
 
+def _content_key(m: np.ndarray) -> tuple:
+    return m.shape, hashlib.blake2b(np.ascontiguousarray(m).tobytes(), digest_size=16).digest()
+
+
 def sqrt_and_inverse(cov: np.ndarray, damping: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """C^{1/2} and C^{-1/2} of a covariance, damped by ``damping·mean(diag)`` for stability."""
+    """C^{1/2} and C^{-1/2} of a covariance, damped by ``damping·mean(diag)`` for stability
+    (memoised by content, like :func:`thin_svd`)."""
+    key = ("sqrt", damping, *_content_key(cov))
+    if key not in _SVD_CACHE:
+        _SVD_CACHE[key] = _sqrt_and_inverse(cov, damping)
+    return _SVD_CACHE[key]
+
+
+def _sqrt_and_inverse(cov: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     d = cov.shape[0]
     cov = cov + damping * max(float(np.trace(cov)) / d, 1e-12) * np.eye(d)
-    w, v = np.linalg.eigh(cov)
-    w = np.clip(w, 1e-12, None)
+    w, v = torch.linalg.eigh(torch.from_numpy(cov))
+    w, v = w.clamp(min=1e-12).numpy(), v.numpy()
     return (v * np.sqrt(w)) @ v.T, (v / np.sqrt(w)) @ v.T
 
 

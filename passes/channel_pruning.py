@@ -69,14 +69,45 @@ class ChannelPruning(Pass):
     calibration_batches: int = Field(
         default=8, ge=1, description="Batches of calibration data used by taylor importance."
     )
+    iterations: int = Field(
+        default=1, ge=1, le=100, description="Prune in this many rounds, re-scoring each time."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> ChannelPruning:
         if (self.ratio is None) == (self.channel_ratio is None):
             raise ValueError("give exactly one of ratio (MACs) or channel_ratio (channels)")
+        if self.iterations > 1 and self.ratio is None:
+            raise ValueError("iterations > 1 needs ratio (a MAC target)")
         return self
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        if self.iterations == 1:
+            return self._once(gm, ctx)
+        return self._iterate(gm, ctx)
+
+    def _iterate(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        """Prune in rounds (MACs falling linearly to the target), re-scoring each time on the
+        already thinned model: Taylor scores see the gradients of the model as it now is."""
+        before, touched, notes = model_stats(gm), set(), []
+        left = 1.0
+        for k in range(1, self.iterations + 1):
+            goal = 1 - self.ratio * k / self.iterations
+            step = self.model_copy(update={"ratio": 1 - goal / left, "iterations": 1})
+            result = step._once(gm, ctx)
+            gm, left = result.graph, goal
+            touched |= set(result.report.touched)
+            notes.append(f"round {k}: " + "; ".join(result.report.notes[:1]))
+        after = model_stats(gm)
+        report = self.report(bool(touched), sorted(touched), result.report.declined, notes)
+        report.metrics.update(
+            requested_macs_reduction=self.ratio,
+            achieved_macs_reduction=1 - after.macs / before.macs if before.macs else 0.0,
+            params_reduction=1 - after.params / before.params if before.params else 0.0,
+        )
+        return PassResult(gm, bool(touched), report)
+
+    def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         groups = find_groups(build_channel_graph(gm))
         plans, declined = self._plans(gm, groups)
         scores, notes = self._scores(gm, [p.group for p in plans], ctx)

@@ -173,3 +173,12 @@ def test_input_model_is_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     graphopt.optimize(model, X, [ChannelPruning(ratio=0.5)])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_iterative_pruning_reaches_the_target_in_rounds():
+    result = graphopt.optimize(small(), X, [ChannelPruning(ratio=0.5, iterations=3)])
+    report = result.report.passes[0]
+    assert [n.split(":")[0] for n in report.notes] == ["round 1", "round 2", "round 3"]
+    assert report.metrics["achieved_macs_reduction"] == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(pydantic.ValidationError, match="iterations"):
+        ChannelPruning(channel_ratio=0.5, iterations=2)
