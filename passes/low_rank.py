@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from torch import fx, nn
 
+from graphopt.analysis.cost import model_stats, node_macs
 from graphopt.analysis.shapes import shape_of
 from graphopt.errors import ConfigError
 from graphopt.ir import replace_with_chain
@@ -127,8 +128,6 @@ class LowRankFactorization(Pass):
         return PassResult(gm, bool(touched), report)
 
     def _candidates(self, gm: fx.GraphModule) -> tuple[list[Candidate], list[Decline]]:
-        from graphopt.analysis.cost import node_macs
-
         found, declined = [], []
         for node in gm.graph.nodes:
             module = gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -168,8 +167,6 @@ class LowRankFactorization(Pass):
 
     def _energy_for_macs(self, gm, candidates, covs) -> fz.RankRule:
         """One energy for every layer, found by bisection, so the model loses ``ratio`` MACs."""
-        from graphopt.analysis.cost import model_stats
-
         total = model_stats(gm).macs
         target = (1 - self.ratio) * total
 

@@ -209,4 +209,9 @@ def arange(n: int) -> np.ndarray:
 
 
 # Register the rule families (import for side effects).
-from graphopt.channels import rules_layers, rules_tensor_ops, rules_vision  # noqa: E402, F401
+from graphopt.channels import (  # noqa: E402, F401
+    rules_layers,
+    rules_shape,
+    rules_tensor_ops,
+    rules_vision,
+)

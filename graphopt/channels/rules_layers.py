@@ -38,8 +38,6 @@ def conv_rule(ctx: RuleContext, node: fx.Node) -> None:
             in_ch, ctx.param("weight", 1), arange(m.in_channels), arange(m.in_channels) % per_group
         )
         ctx.require_blocks(weight_out, m.groups, f"grouped conv {node.target}")
-    if m.padding_mode != "zeros":
-        pass  # padding modes act on spatial axes only
 
 
 @register(*_CONV_T)
