@@ -211,14 +211,33 @@ def test_depthwise_declines_with_reasons():
     )
 
 
-def test_passes_run_from_a_recipe():
+def test_passes_run_from_a_recipe_and_the_result_exports():
+    from pathlib import Path
+
+    from graphopt.runner import run_recipe
+
     recipe = graphopt.parse_recipe(
         "model: {python: 'tests.models:conv_bn_model'}\ninputs: [{shape: [1, 3, 16, 16]}]\n"
-        "passes:\n  - pass: fold_batch_norm\n  - pass: low_rank_factorization\n    energy: 0.8\n"
-        "  - pass: depthwise_substitution\n    multiplier: 2\n"
+        "passes:\n  - pass: fold_batch_norm\n  - pass: depthwise_substitution\n    multiplier: 2\n"
+        "    include: ['1.conv1']\n  - pass: low_rank_factorization\n    energy: 0.8\n"
+        "    require_savings: false\n"
     )
     assert [p.name for p in recipe.passes] == [
         "fold_batch_norm",
-        "low_rank_factorization",
         "depthwise_substitution",
+        "low_rank_factorization",
     ]
+    result = run_recipe(recipe, Path(__file__).resolve().parents[2])
+    assert result.report.passes[1].touched == ["1.conv1.0", "1.conv1.1"]
+    assert result.report.passes[2].modified
+    x = recipe.example_inputs()[0]
+    torch.export.export(result.model, (x,))
+    retraced = torch.fx.symbolic_trace(result.model)
+    torch.testing.assert_close(retraced(x), result.model(x))
+
+
+def test_depthwise_config_validation():
+    with pytest.raises(pydantic.ValidationError):
+        DepthwiseSubstitution(multiplier=0)
+    with pytest.raises(pydantic.ValidationError):
+        DepthwiseSubstitution(rank=2)
