@@ -74,9 +74,7 @@ class LowRankFactorization(Pass):
 
     @model_validator(mode="after")
     def _one_rank_rule(self) -> LowRankFactorization:
-        given = [
-            f for f in ("rank", "rank_ratio", "energy", "ratio") if getattr(self, f) is not None
-        ]
+        given = [f for f in (*_RULE_FIELDS, "ratio") if getattr(self, f) is not None]
         if self.rank_method == "vbmf" and given:
             raise ValueError(f"rank_method 'vbmf' picks ranks itself; remove {given}")
         if self.rank_method == "svd" and len(given) != 1:
