@@ -75,6 +75,8 @@ def cifar(only_depthwise: bool = False) -> dict:
         for speedup in (1.5, 2.0)
         for whiten in (False, True)
     ]
+    if only_depthwise:
+        runs = []
     runs += [
         (
             f"depthwise m={m}",
