@@ -245,7 +245,9 @@ def test_depthwise_config_validation():
 
 def test_param_ratio_keeps_that_share_of_each_layers_parameters():
     m = model()
-    result = graphopt.optimize(m, X, [LowRankFactorization(param_ratio=0.5, module_types=["Linear"])])
+    result = graphopt.optimize(
+        m, X, [LowRankFactorization(param_ratio=0.5, module_types=["Linear"])]
+    )
     first, second = result.model.get_submodule("fc.0"), result.model.get_submodule("fc.1")
     assert first.out_features == int(0.5 * 16 * 10 / 26)
     assert first.weight.numel() + second.weight.numel() <= 0.5 * 16 * 10
