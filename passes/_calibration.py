@@ -49,23 +49,16 @@ def input_covariances(
     """E[x xᵀ] of each target module's input rows; ``targets`` maps name → patches mode."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    handles = []
+    hooks = {}
     for name, mode in targets.items():
-        module = gm.get_submodule(name)
 
         def hook(mod, args, _name=name, _mode=mode):
             rows = patches(mod, args[0].detach(), _mode).double()
             sums[_name] = sums.get(_name, 0) + (rows.T @ rows).numpy()
             counts[_name] = counts.get(_name, 0) + rows.shape[0]
 
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for inputs in batches:
-                gm(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+        hooks[name] = hook
+    run_with_input_hooks(gm, hooks, batches)
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -87,12 +80,14 @@ def layer_inputs(
 ) -> dict[str, list]:
     """The tensors each named module receives on the calibration batches."""
     seen: dict[str, list] = {n: [] for n in names}
-    handles = [
-        gm.get_submodule(n).register_forward_pre_hook(
-            lambda m, a, _n=n: seen[_n].append(a[0].detach())
-        )
-        for n in names
-    ]
+    hooks = {n: (lambda m, a, _n=n: seen[_n].append(a[0].detach())) for n in names}
+    run_with_input_hooks(gm, hooks, batches)
+    return seen
+
+
+def run_with_input_hooks(gm: fx.GraphModule, hooks: dict, batches: list[tuple]) -> None:
+    """Run ``gm`` on every batch (no grad) with ``hooks[name]`` seeing module ``name``'s inputs."""
+    handles = [gm.get_submodule(n).register_forward_pre_hook(h) for n, h in hooks.items()]
     try:
         with torch.no_grad():
             for inputs in batches:
@@ -100,4 +95,3 @@ def layer_inputs(
     finally:
         for handle in handles:
             handle.remove()
-    return seen
