@@ -293,16 +293,13 @@ def _tensor_ancestors(node: fx.Node) -> list[fx.Node]:
 def _producers(gm: fx.GraphModule, group: ChannelGroup) -> set[str]:
     """Modules whose output channels are in the group (the layers it makes thinner)."""
     outputs = {d.owner for d in group.dims if d.kind == "value"}
-    modules = {n.target for n in gm.graph.nodes if n.op == "call_module" and n.name in outputs}
+    calls = [n for n in gm.graph.nodes if n.op == "call_module"]
+    called = {n.target for n in calls}
+    modules = {n.target for n in calls if n.name in outputs}
     modules = {m for m in modules if any(True for _ in gm.get_submodule(m).parameters())}
-    attrs = {
-        d.owner.rpartition(".")[0]
-        for d in group.params
-        if not d.owner.rpartition(".")[0]
-        or d.owner.rpartition(".")[0]
-        not in {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    }
-    return modules | attrs
+    # parameters read through get_attr (layer scales, class tokens) count by their owner
+    owners = {d.owner.rpartition(".")[0] for d in group.params}
+    return modules | (owners - called)
 
 
 def _names(group: ChannelGroup) -> str:
