@@ -122,3 +122,11 @@ class VerificationError(GraphOptError):
         self.node = node
         where = f"\n  first diverging node: {node}" if node else ""
         super().__init__(f"pass {pass_name!r} failed verification: {message}{where}")
+
+
+class CompileError(GraphOptError):
+    """TVM could not compile, tune or export the model for the requested target."""
+
+
+class ArtifactError(GraphOptError):
+    """An artifact directory is invalid, tampered with, or cannot run on this host."""

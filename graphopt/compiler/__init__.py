@@ -1,0 +1,19 @@
+"""The compiler half of graphopt: TVM builds, tuning with a shared cache, artifacts."""
+
+from graphopt.compiler.artifact import Artifact, load
+from graphopt.compiler.build import compile
+from graphopt.compiler.manifest import Manifest
+from graphopt.compiler.targets import TARGET_NAMES, resolve_target
+from graphopt.compiler.tuning import RPC, Tuning, TuningSummary
+
+__all__ = [
+    "RPC",
+    "TARGET_NAMES",
+    "Artifact",
+    "Manifest",
+    "Tuning",
+    "TuningSummary",
+    "compile",
+    "load",
+    "resolve_target",
+]

@@ -1,0 +1,141 @@
+"""An artifact directory (``model.so`` + ``manifest.json`` + ``model.onnx`` + ``model.pt2``) and
+the small loader that checks and runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from graphopt.compiler.manifest import LIBRARY, MANIFEST, Manifest, sha256
+from graphopt.compiler.targets import host_can_run
+from graphopt.errors import ArtifactError
+
+
+class Artifact:
+    """A compiled model: call it on numpy arrays or torch tensors; ``save`` it; ``load`` it back.
+
+    Results come back as the inputs came in: torch tensors for torch inputs, else numpy arrays;
+    one value for a model that returned one tensor, a tuple otherwise.
+    """
+
+    def __init__(self, directory: Path, manifest: Manifest, *, _keep: Any = None) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self._keep = _keep  # a TemporaryDirectory that must live as long as this object
+        self._vm = None
+
+    def __repr__(self) -> str:
+        t = self.manifest.target
+        return f"Artifact({str(self.directory)!r}, target={t.name!r}, arch={t.arch!r})"
+
+    @property
+    def runnable(self) -> str | None:
+        """``None`` if this host can run the artifact, else why not."""
+        return host_can_run(self.manifest.target.device, self.manifest.target.arch)
+
+    def save(self, directory: str | Path) -> Path:
+        """Copy the artifact's files into ``directory`` (created; existing files replaced)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in [*self.manifest.files, MANIFEST]:
+            shutil.copy2(self.directory / name, out / name)
+        return out
+
+    def __call__(self, *inputs):
+        arrays, as_torch = self._check_inputs(inputs)
+        vm, device = self._machine()
+        import tvm
+
+        result = vm["main"](*(tvm.runtime.tensor(a, device) for a in arrays))
+        outputs = [_to_numpy(o) for o in _flatten(result)]
+        if as_torch:
+            import torch
+
+            outputs = [torch.from_numpy(o) for o in outputs]
+        return outputs[0] if self.manifest.output_structure == "single" else tuple(outputs)
+
+    def _check_inputs(self, inputs) -> tuple[list[np.ndarray], bool]:
+        specs = self.manifest.inputs
+        if len(inputs) != len(specs):
+            raise ArtifactError(f"the artifact takes {len(specs)} inputs, got {len(inputs)}")
+        as_torch = any(type(x).__module__.startswith("torch") for x in inputs)
+        arrays = []
+        for spec, x in zip(specs, inputs, strict=True):
+            a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+            if list(a.shape) != spec.shape or a.dtype.name != spec.dtype:
+                raise ArtifactError(
+                    f"input {spec.name!r}: expected {spec.dtype}{spec.shape}, "
+                    f"got {a.dtype.name}{list(a.shape)} (the artifact is compiled for static shapes)"
+                )
+            arrays.append(np.ascontiguousarray(a))
+        return arrays, as_torch
+
+    def _machine(self):
+        if self._vm is None:
+            if reason := self.runnable:
+                raise ArtifactError(f"cannot run {self.directory}: {reason}")
+            import tvm
+            from tvm import relax
+
+            device = tvm.cuda() if self.manifest.target.device == "cuda" else tvm.cpu()
+            lib = tvm.runtime.load_module(str(self.directory / LIBRARY))
+            self._vm = (relax.VirtualMachine(lib, device), device)
+        return self._vm
+
+
+def load(directory: str | Path) -> Artifact:
+    """Open an artifact directory, refusing it if the manifest, a hash or the host is wrong."""
+    path = Path(directory)
+    manifest = read_manifest(path)
+    problems = []
+    for name, entry in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256(file) != entry.sha256:
+            problems.append(f"{name}: sha256 differs from the manifest (modified or corrupted)")
+    if LIBRARY not in manifest.files:
+        problems.append(f"{LIBRARY}: not listed in the manifest")
+    if reason := host_can_run(manifest.target.device, manifest.target.arch):
+        problems.append(f"target {manifest.target.name}: {reason}")
+    if problems:
+        raise ArtifactError(f"refusing to load {path}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return Artifact(path, manifest)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The validated manifest of the artifact at ``path``."""
+    file = path / MANIFEST
+    try:
+        data = json.loads(file.read_text())
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot read: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{file}: not JSON: {exc}") from exc
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"  - {'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ArtifactError(f"{file} fails validation:\n" + "\n".join(lines)) from exc
+
+
+def staging_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="graphopt-artifact-")
+
+
+def _flatten(value) -> list:
+    if hasattr(value, "numpy") or not hasattr(value, "__len__"):
+        return [value]
+    return [leaf for item in value for leaf in _flatten(item)]
+
+
+def _to_numpy(value) -> np.ndarray:
+    return value.numpy()

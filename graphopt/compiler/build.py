@@ -1,0 +1,176 @@
+"""``compile``: GraphModule → torch.export → Relax → (MetaSchedule) → shared library artifact.
+
+The FX frontend of TVM 0.27 (``from_fx``) compiles BatchNorm in training mode and gives wrong
+outputs, so the route is ``torch.export`` → ``from_exported_program`` (weights bound as
+constants). See docs/explanation/compile.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphopt.compiler.artifact import Artifact, staging_dir
+from graphopt.compiler.manifest import (
+    LIBRARY,
+    MANIFEST,
+    Manifest,
+    TargetInfo,
+    TensorSpec,
+    Versions,
+    file_entries,
+)
+from graphopt.compiler.targets import ResolvedTarget, resolve_target
+from graphopt.compiler.tuning import Tuning, tune_and_apply
+from graphopt.errors import CompileError
+from graphopt.frontend.fx import ExampleInputs, as_input_tuple
+from graphopt.report import OptimizeReport
+
+DEFAULT_TUNING = Tuning()
+
+
+def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    target: str | dict = "llvm",
+    tuning: Tuning | None = DEFAULT_TUNING,
+    *,
+    report: OptimizeReport | None = None,
+) -> Artifact:
+    """Compile ``model`` for ``target`` into an :class:`Artifact` (``model`` is not changed).
+
+    ``tuning=None`` compiles without tuning and without reading the tuning cache;
+    ``Tuning(trials=0)`` tunes nothing new but applies what the cache already knows.
+    """
+    start = time.perf_counter()
+    resolved = resolve_target(target)
+    inputs = as_input_tuple(example_inputs)
+    module = copy.deepcopy(model).eval()
+    program = _export(module, inputs)
+    mod, summary = _lower(program, resolved, tuning)
+    staging = staging_dir()
+    directory = Path(staging.name)
+    _build(mod, resolved, directory / LIBRARY)
+    notes = _write_portable(module, program, inputs, directory)
+    manifest = _manifest(module, program, inputs, resolved, summary, report, notes, directory)
+    manifest.compile_seconds = time.perf_counter() - start
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return Artifact(directory, manifest, _keep=staging)
+
+
+def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, inputs)
+    except Exception as exc:  # torch.export raises many error types
+        raise CompileError(
+            f"torch.export could not capture the model for compilation: {exc}".strip()
+        ) from exc
+
+
+def _lower(program, target: ResolvedTarget, tuning: Tuning | None):
+    """Relax module with schedules applied: tuned (and cached) ones, else TVM's defaults."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        mod = from_exported_program(program, keep_params_as_input=False)
+    except Exception as exc:  # an op TVM's frontend does not know
+        raise CompileError(f"TVM's torch.export frontend failed: {exc}") from exc
+    if target.device == "cuda" and (tuning is None or not _gpu_tunable(target, tuning)):
+        return mod, None  # tvm.compile's CUDA pipeline schedules with dlight
+    prefix = [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.get_pipeline("zero"),
+    ]
+    with target.tvm():
+        mod = tvm.transform.Sequential(prefix)(mod)
+    if tuning is None:
+        return mod, None
+    return tune_and_apply(mod, target, tuning)
+
+
+def _gpu_tunable(target: ResolvedTarget, tuning: Tuning) -> bool:
+    return tuning.rpc is not None or target.can_measure_locally
+
+
+def _build(mod, target: ResolvedTarget, path: Path) -> None:
+    import tvm
+
+    try:
+        executable = tvm.compile(mod, target=target.tvm())
+        if target.cross_compiler:
+            from tvm.support import cc
+
+            fcompile = cc.cross_compiler(target.cross_compiler)
+            executable.export_library(str(path), fcompile=fcompile)
+        else:
+            executable.export_library(str(path))
+    except Exception as exc:  # TVM codegen / linker errors
+        raise CompileError(f"TVM could not build for {target.name}: {exc}") from exc
+
+
+def _write_portable(module, program, inputs, directory: Path) -> list[str]:
+    """``model.pt2`` (torch.export) and ``model.onnx``; a failed export is noted, not fatal."""
+    notes = []
+    torch.export.save(program, str(directory / "model.pt2"))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                inputs,
+                str(directory / "model.onnx"),
+                dynamo=False,
+                input_names=[s.name for s in _input_specs(program, inputs)],
+            )
+    except Exception as exc:  # the exporter's many error types
+        (directory / "model.onnx").unlink(missing_ok=True)
+        notes.append(f"model.onnx not written: torch.onnx.export failed: {exc}")
+    return notes
+
+
+def _input_specs(program, inputs) -> list[TensorSpec]:
+    names = list(program.graph_signature.user_inputs)
+    return [_spec(name, x) for name, x in zip(names, inputs, strict=True)]
+
+
+def _spec(name: str, x: torch.Tensor) -> TensorSpec:
+    return TensorSpec(name=name, shape=list(x.shape), dtype=str(x.dtype).removeprefix("torch."))
+
+
+def _manifest(module, program, inputs, target, summary, report, notes, directory) -> Manifest:
+    import tvm
+
+    import graphopt
+
+    with torch.no_grad():
+        out = module(*inputs)
+    single = isinstance(out, torch.Tensor)
+    leaves = [out] if single else list(torch.utils._pytree.tree_leaves(out))
+    return Manifest(
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        versions=Versions(
+            graphopt=graphopt.__version__, tvm=tvm.__version__, torch=torch.__version__
+        ),
+        target=TargetInfo(
+            name=target.name, spec=target.spec, device=target.device, arch=target.arch
+        ),
+        inputs=_input_specs(program, inputs),
+        outputs=[_spec(f"output{i}", y) for i, y in enumerate(leaves)],
+        output_structure="single" if single else "tuple",
+        passes=[p.name for p in report.passes] if report else [],
+        report=report,
+        tuning=summary,
+        compile_seconds=0.0,
+        files=file_entries(directory),
+        notes=notes,
+    )

@@ -1,0 +1,152 @@
+"""Targets as names a user types (``llvm``, ``cuda``, ``cuda:sm_90``, ``aarch64``) or TVM dicts.
+
+A name resolves to a full TVM target dict plus what the rest of the compiler needs to know about
+it: which machine architecture the shared library is for, which device runs it, and which C
+compiler links it (the cross compiler for ``aarch64``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from graphopt.errors import CompileError
+
+TARGET_NAMES = ("llvm", "cuda", "cuda:<arch> (e.g. cuda:sm_90)", "aarch64")
+AARCH64_CC = "aarch64-linux-gnu-gcc"
+DEFAULT_CUDA_ARCH = "sm_80"
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A target ready for TVM: its dict, the device and machine it runs on, how to link it."""
+
+    name: str
+    spec: dict[str, Any]
+    device: Device
+    arch: str
+    cross_compiler: str | None = None
+
+    def tvm(self):
+        """The ``tvm.target.Target`` (TVM imported lazily: it takes seconds)."""
+        import tvm
+
+        return tvm.target.Target(self.spec)
+
+    @property
+    def can_measure_locally(self) -> bool:
+        """Whether tuning can time candidates on this host (same machine, device present)."""
+        return host_can_run(self.device, self.arch) is None
+
+
+def host_arch() -> str:
+    """This machine's architecture in the names the manifests use (``x86_64``, ``aarch64``)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def physical_cores() -> int:
+    """Physical cores of this host (what TVM's thread pool and MetaSchedule should use)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # psutil is a dependency; keep working without it all the same
+        return os.cpu_count() or 1
+
+
+def host_can_run(device: str, arch: str) -> str | None:
+    """``None`` if this host can run code for ``device``/``arch``, else the reason it cannot."""
+    if arch != host_arch():
+        return f"built for {arch}; this host is {host_arch()}"
+    if device == "cuda":
+        import tvm
+
+        if not tvm.cuda().exist:
+            return "built for CUDA; this host has no CUDA device (or no driver)"
+    return None
+
+
+def resolve_target(target: str | dict[str, Any]) -> ResolvedTarget:
+    """Turn what a user typed into a :class:`ResolvedTarget`; unknown names list the valid ones."""
+    if isinstance(target, dict):
+        return _from_dict(target)
+    name = target.strip()
+    if name == "llvm":
+        return _host_llvm()
+    if name == "cuda" or name.startswith("cuda:"):
+        arch = name.partition(":")[2] or _local_cuda_arch() or DEFAULT_CUDA_ARCH
+        return _cuda(arch)
+    if name == "aarch64":
+        return _aarch64()
+    raise CompileError(
+        f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}, "
+        "or a full TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4', 'num-cores': 2}"
+    )
+
+
+def _host_llvm() -> ResolvedTarget:
+    from tvm.target import codegen
+
+    spec = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": physical_cores()}
+    return ResolvedTarget("llvm", spec, "cpu", host_arch())
+
+
+def _cuda(arch: str) -> ResolvedTarget:
+    if not arch.startswith("sm_"):
+        raise CompileError(f"CUDA arch {arch!r} should look like 'sm_90'")
+    host = _host_llvm().spec
+    spec = {"kind": "cuda", "arch": arch, "host": host}
+    return ResolvedTarget(f"cuda:{arch}", spec, "cuda", host_arch())
+
+
+def _aarch64() -> ResolvedTarget:
+    spec = {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mattr": ["+neon"],
+        "num-cores": 4,
+    }
+    return ResolvedTarget("aarch64", spec, "cpu", "aarch64", cross_compiler=_cross_cc())
+
+
+def _cross_cc() -> str:
+    if shutil.which(AARCH64_CC) is None:
+        raise CompileError(
+            f"target 'aarch64' links with {AARCH64_CC}, which is not on PATH; install Debian's "
+            "gcc-aarch64-linux-gnu (`apt-get install gcc-aarch64-linux-gnu`)"
+        )
+    return AARCH64_CC
+
+
+def _local_cuda_arch() -> str | None:
+    try:
+        import tvm
+
+        dev = tvm.cuda()
+        return f"sm_{dev.compute_version.replace('.', '')}" if dev.exist else None
+    except Exception:  # no CUDA runtime at all: fall back to the default arch
+        return None
+
+
+def _from_dict(spec: dict[str, Any]) -> ResolvedTarget:
+    import tvm
+
+    try:
+        tvm.target.Target(spec)
+    except Exception as exc:  # TVM raises several error types for bad dicts
+        raise CompileError(f"invalid TVM target dict {spec!r}: {exc}") from exc
+    kind = spec.get("kind")
+    if kind == "cuda":
+        return ResolvedTarget(f"cuda:{spec.get('arch', '?')}", dict(spec), "cuda", host_arch())
+    if kind != "llvm":
+        raise CompileError(f"target kind {kind!r} is not supported; use 'llvm' or 'cuda'")
+    triple = str(spec.get("mtriple", ""))
+    arch = "aarch64" if triple.startswith(("aarch64", "arm64")) else host_arch()
+    spec = {"num-cores": physical_cores(), **spec}
+    cross = _cross_cc() if arch != host_arch() and arch == "aarch64" else None
+    return ResolvedTarget("custom", spec, "cpu", arch, cross_compiler=cross)

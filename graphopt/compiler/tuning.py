@@ -1,0 +1,253 @@
+"""MetaSchedule tuning with a shared, persistent cache.
+
+``Tuning`` is the user's config. :func:`tune_and_apply` extracts the model's tuning tasks, skips
+those the cache already has records for, tunes the rest in a private work directory, merges the
+new records into the cache under a file lock, and applies the best known schedule of every task.
+Two processes tuning into one cache never write it at the same time; a task both tuned simply
+gets two records and the faster wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from graphopt.compiler._intrinsics import cpu_intrinsics_only
+from graphopt.compiler.progress import TuningProgress
+from graphopt.compiler.targets import ResolvedTarget
+from graphopt.errors import CompileError
+
+_DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+class RPC(BaseModel):
+    """Measure on a remote device through a TVM RPC tracker (boards, phones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracker: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:\d+$")] = Field(
+        description="Tracker address as host:port."
+    )
+    key: str = Field(min_length=1, description="Device key the RPC server registered with.")
+    session_timeout: int = Field(default=60, ge=1, description="Seconds one measurement may take.")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.tracker.rpartition(":")
+        return host, int(port)
+
+
+class Tuning(BaseModel):
+    """How hard to tune, where the results persist, and where candidates are measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trials: int | None = Field(
+        default=None,
+        ge=0,
+        description="Total measured candidates; None = per_task × tasks still to tune; "
+        "0 = tune nothing (records already in the cache are still applied).",
+    )
+    per_task: int = Field(default=8, ge=1, description="Most candidates measured for one task.")
+    per_iter: int = Field(default=8, ge=1, description="Candidates measured per search round.")
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Tuning database directory (default: $GRAPHOPT_CACHE_DIR or "
+        "~/.cache/graphopt/tuning). Shared by every model compiled for the same target.",
+    )
+    rpc: RPC | None = Field(default=None, description="Measure on a remote device.")
+    progress: bool = Field(default=True, description="Show a live progress display.")
+    seed: int = Field(default=0, description="Search seed.")
+
+    def cache_root(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir).expanduser()
+        if env := os.environ.get("GRAPHOPT_CACHE_DIR"):
+            return Path(env).expanduser()
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "graphopt" / "tuning"
+
+
+class TuningSummary(BaseModel):
+    """What tuning did (recorded in the artifact's manifest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: int = Field(ge=0, description="Tuning tasks (fused kernels) in the model.")
+    tasks_from_cache: int = Field(ge=0, description="Tasks the cache already had records for.")
+    tasks_tuned: int = Field(ge=0, description="Tasks tuned in this run.")
+    trials: int = Field(ge=0, description="Candidates measured in this run.")
+    new_records: int = Field(ge=0, description="Records merged into the cache by this run.")
+    tasks_applied: int = Field(ge=0, description="Tasks compiled with a tuned schedule.")
+    seconds: float = Field(ge=0, description="Wall time of task extraction, tuning and merging.")
+    cache_dir: str = Field(description="Database directory used for this target.")
+    remote: str | None = Field(default=None, description="RPC tracker and key, if remote.")
+    notes: list[str] = Field(default_factory=list)
+
+
+def target_cache_dir(root: Path, target: ResolvedTarget) -> Path:
+    """One database per target: records measured for one CPU never steer another."""
+    key = json.dumps(target.spec, sort_keys=True)
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
+    """Tune what the cache does not know, then apply the cache: ``(module, TuningSummary)``."""
+    import tvm.s_tir.meta_schedule as ms
+    from tvm import relax
+
+    start = time.perf_counter()
+    tvm_target = target.tvm()
+    db_dir = target_cache_dir(tuning.cache_root(), target)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    with _locked(db_dir):
+        cache = _open(db_dir)
+        todo = [t for t in tasks if not _known(cache, t, tvm_target)]
+    notes: list[str] = []
+    trials, new_records = 0, 0
+    if todo and _budget(tuning, len(todo)) > 0:
+        if tuning.rpc is None and not target.can_measure_locally:
+            notes.append(
+                f"{len(todo)} tasks left untuned: target {target.name} cannot be measured on "
+                "this host; give Tuning(rpc=RPC(tracker=..., key=...)) to tune on a device"
+            )
+        else:
+            records, trials = _tune(todo, tvm_target, tuning)
+            new_records = _merge(db_dir, records)
+    with _locked(db_dir):
+        cache = _open(db_dir)
+        applied = sum(_known(cache, t, tvm_target) for t in tasks)
+        with tvm_target, cache:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    summary = TuningSummary(
+        tasks=len(tasks),
+        tasks_from_cache=len(tasks) - len(todo),
+        tasks_tuned=len(todo) if trials else 0,
+        trials=trials,
+        new_records=new_records,
+        tasks_applied=applied,
+        seconds=time.perf_counter() - start,
+        cache_dir=str(db_dir),
+        remote=f"{tuning.rpc.tracker}/{tuning.rpc.key}" if tuning.rpc else None,
+        notes=notes,
+    )
+    return mod, summary
+
+
+def _budget(tuning: Tuning, n_tasks: int) -> int:
+    return tuning.per_task * n_tasks if tuning.trials is None else tuning.trials
+
+
+def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
+    import tvm.s_tir.meta_schedule as ms
+
+    budget = _budget(tuning, len(todo))
+    with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work:
+        with _intrinsics_for(tvm_target):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                todo, work, seed=tuning.seed
+            )
+        progress = TuningProgress([t.task_name for t in todo], budget, enabled=tuning.progress)
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), progress.callback()]
+        try:
+            with progress, _quiet_tvm_logs():
+                db = ms.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=work,
+                    max_trials_global=budget,
+                    max_trials_per_task=tuning.per_task,
+                    num_trials_per_iter=min(tuning.per_iter, tuning.per_task),
+                    builder=_builder(tvm_target),
+                    runner=_runner(tuning),
+                    database="memory",
+                    measure_callbacks=callbacks,
+                )
+        except Exception as exc:  # TVM raises its own error types from C++
+            raise CompileError(f"MetaSchedule tuning failed: {exc}") from exc
+        return list(db.get_all_tuning_records()), progress.trials
+
+
+@contextlib.contextmanager
+def _quiet_tvm_logs():
+    """MetaSchedule logs every round to stdout; our progress display replaces that."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _intrinsics_for(tvm_target):
+    if tvm_target.kind.name == "llvm":
+        return cpu_intrinsics_only()
+    return contextlib.nullcontext()
+
+
+def _builder(tvm_target):
+    import tvm.s_tir.meta_schedule as ms
+
+    if tvm_target.kind.name != "llvm":
+        return "local"
+    from graphopt.compiler._intrinsics import build_candidate
+
+    return ms.builder.LocalBuilder(f_build=build_candidate)
+
+
+def _runner(tuning: Tuning):
+    import tvm.s_tir.meta_schedule as ms
+
+    if tuning.rpc is None:
+        return "local"
+    host, port = tuning.rpc.host_port
+    config = ms.runner.RPCConfig(
+        tracker_host=host,
+        tracker_port=port,
+        tracker_key=tuning.rpc.key,
+        session_timeout_sec=tuning.rpc.session_timeout,
+    )
+    return ms.runner.RPCRunner(rpc_config=config)
+
+
+def _merge(db_dir: Path, records) -> int:
+    """Append ``records`` to the cache database; only ever under the directory's lock."""
+    import tvm.s_tir.meta_schedule as ms
+
+    with _locked(db_dir):
+        cache = _open(db_dir)
+        for record in records:
+            workload = cache.commit_workload(record.workload.mod)
+            cache.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    return len(records)
+
+
+def _open(db_dir: Path):
+    import tvm.s_tir.meta_schedule as ms
+
+    return ms.database.JSONDatabase(work_dir=str(db_dir))
+
+
+def _known(cache, task, tvm_target) -> bool:
+    mod = task.dispatched[0]
+    return cache.query_tuning_record(mod, tvm_target, task.task_name) is not None
+
+
+def _locked(db_dir: Path) -> FileLock:
+    return FileLock(str(db_dir / ".lock"), timeout=3600)
