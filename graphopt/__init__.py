@@ -4,12 +4,17 @@ recover accuracy, and compile it.
 Stable public surface (snapshotted by ``tests/api/test_public_api.py``)::
 
     gm = graphopt.capture(model, example_inputs)
-    result = graphopt.optimize(model, example_inputs, passes=[FoldBatchNorm()])
+    result = graphopt.optimize(model, example_inputs, passes=[FoldBatchNorm()], target="llvm")
+    artifact = graphopt.compile(model, example_inputs, target="llvm", tuning=graphopt.Tuning())
+    artifact.save("out/model"); graphopt.load("out/model")(x)
 """
 
 from graphopt.api import OptimizeResult, optimize
+from graphopt.compiler import RPC, Artifact, Manifest, Tuning, compile, load
 from graphopt.errors import (
+    ArtifactError,
     CaptureError,
+    CompileError,
     ConfigError,
     GraphOptError,
     PassError,
@@ -30,6 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "RPC",
+    "Artifact",
+    "ArtifactError",
+    "CompileError",
+    "Manifest",
+    "Tuning",
+    "compile",
+    "load",
     "CaptureError",
     "ConfigError",
     "Decline",

@@ -154,7 +154,7 @@ def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
 
     budget = _budget(tuning, len(todo))
     with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work:
-        with _intrinsics_for(tvm_target):
+        with _intrinsics_for(tvm_target), _quiet_tvm_logs():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, work, seed=tuning.seed
             )

@@ -1,0 +1,46 @@
+"""Latency measurement: warm-up, then interleaved rounds so that every contender sees the same
+machine noise; the median and the 10th–90th percentile spread of each."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Timing(BaseModel):
+    """Latency of one contender over ``rounds`` calls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    median_ms: float = Field(ge=0)
+    p10_ms: float = Field(ge=0)
+    p90_ms: float = Field(ge=0)
+    rounds: int = Field(ge=1)
+
+
+def time_interleaved(
+    contenders: dict[str, Callable[[], Any]], *, rounds: int = 30, warmup: int = 3
+) -> dict[str, Timing]:
+    """Time every contender ``rounds`` times, one call of each per round, after ``warmup``."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summarise(values) for name, values in samples.items()}
+
+
+def _summarise(values: list[float]) -> Timing:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return Timing(
+        median_ms=statistics.median(ordered), p10_ms=pick(0.1), p90_ms=pick(0.9), rounds=len(values)
+    )
