@@ -13,6 +13,10 @@ from torch import fx, nn
 
 from graphopt.analysis.cost import model_stats
 from graphopt.analysis.shapes import propagate_shapes
+from graphopt.compiler.artifact import Artifact
+from graphopt.compiler.build import DEFAULT_TUNING
+from graphopt.compiler.build import compile as compile_model
+from graphopt.compiler.tuning import Tuning
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager, PassObserver
@@ -21,11 +25,11 @@ from graphopt.report import OptimizeReport
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """The rewritten graph, the report, and (once compilation lands) the compiled artifact."""
+    """The rewritten graph, the report, and the compiled artifact when a target was given."""
 
     model: fx.GraphModule
     report: OptimizeReport
-    artifact: Any = None
+    artifact: Artifact | None = None
 
 
 def optimize(
@@ -34,6 +38,7 @@ def optimize(
     passes: Sequence[Pass] = (),
     target: str | dict | None = None,
     *,
+    tuning: Tuning | None = DEFAULT_TUNING,
     leaf_modules: Iterable[str] = (),
     leaf_types: Iterable[type[nn.Module]] = (),
     calibration_data: Iterable[Any] | None = None,
@@ -43,13 +48,10 @@ def optimize(
     """Capture ``model``, run ``passes`` in order (verifying after each), and report.
 
     ``model`` is never changed: the graph is captured from a deep copy. A ``GraphModule``
-    (e.g. a saved result) is taken as already captured.
+    (e.g. a saved result) is taken as already captured. With a ``target``, the rewritten
+    graph is compiled (see :func:`graphopt.compile`, which gets ``tuning``) and the artifact,
+    whose manifest carries the report, is on ``result.artifact``.
     """
-    if target is not None:
-        raise NotImplementedError(
-            f"target={target!r}: compiling with TVM is not available yet; "
-            "call optimize(..., target=None) and compile the returned model separately"
-        )
     manager = PassManager(passes, observer=observer)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
@@ -68,7 +70,10 @@ def optimize(
         passes=reports,
         seconds=time.perf_counter() - start,
     )
-    return OptimizeResult(model=result, report=report)
+    artifact = None
+    if target is not None:
+        artifact = compile_model(result, inputs, target, tuning, report=report)
+    return OptimizeResult(model=result, report=report, artifact=artifact)
 
 
 def _as_graph(model, inputs, leaf_modules, leaf_types) -> fx.GraphModule:

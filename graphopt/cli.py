@@ -76,8 +76,8 @@ def run(
                     f"  [yellow]declined[/] {report.name} at {decline.target}: {decline.reason}"
                 )
         out_dir = (output or base / spec.output_dir).resolve()
-        write_outputs(result, spec, out_dir)
-        console.print(f"wrote model.pt, report.json, recipe.json, graph.py to {out_dir}")
+        written = write_outputs(result, spec, out_dir)
+        console.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
 
 
 def summary_table(report: OptimizeReport) -> Table:
@@ -141,15 +141,17 @@ def passes() -> None:
 
 @app.command()
 def schema(
-    name: Annotated[str | None, typer.Argument(help="recipe, report or a pass name.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="recipe, report, manifest or a pass name.")
+    ] = None,
 ) -> None:
     """Print a JSON Schema (without NAME: list the available ones)."""
     console = _console()
     from graphopt.registry import REGISTRY
-    from graphopt.schema_export import pass_schema, recipe_schema, report_schema
+    from graphopt.schema_export import manifest_schema, pass_schema, recipe_schema, report_schema
 
     with _errors():
-        available = ["recipe", "report", *(p.name for p in REGISTRY.passes())]
+        available = ["recipe", "report", "manifest", *(p.name for p in REGISTRY.passes())]
         if name is None:
             console.print("\n".join(available))
             return
@@ -157,6 +159,8 @@ def schema(
             document = recipe_schema(REGISTRY.passes())
         elif name == "report":
             document = report_schema()
+        elif name == "manifest":
+            document = manifest_schema()
         else:
             document = pass_schema(REGISTRY.resolve(name))
         print(json.dumps(document, indent=2, sort_keys=True))
@@ -221,6 +225,65 @@ def _captured(source: str, shape: str | None):
     gm = torch.load(source, weights_only=False)
     propagate_shapes(gm, (inputs,))
     return gm
+
+
+@app.command()
+def bench(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory (graphopt.compile).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="The original model (torch.save'd .pt or torch.export .pt2) to compare."),
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Timed calls per contender.")] = 30,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 3,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Time an artifact (median of interleaved rounds, p10–p90), against PyTorch eager."""
+    console = _console()
+    import torch
+
+    from graphopt.compiler.artifact import load
+    from graphopt.compiler.benchmark import time_interleaved
+
+    with _errors():
+        compiled = load(artifact)
+        if threads:
+            torch.set_num_threads(threads)
+        generator = torch.Generator().manual_seed(0)
+        inputs = [
+            torch.randn(s.shape, generator=generator).to(getattr(torch, s.dtype))
+            for s in compiled.manifest.inputs
+        ]
+        arrays = [x.numpy() for x in inputs]
+        contenders = {f"graphopt ({compiled.manifest.target.name})": lambda: compiled(*arrays)}
+        if model is not None:
+            eager = _load_torch_model(model)
+            contenders = {"pytorch eager": lambda: eager(*inputs), **contenders}
+        with torch.no_grad():
+            timings = time_interleaved(contenders, rounds=rounds, warmup=warmup)
+        console.print(_timing_table(timings))
+        if json_out is not None:
+            json_out.write_text(json.dumps({k: t.model_dump() for k, t in timings.items()}))
+
+
+def _load_torch_model(path: Path):
+    import torch
+
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
+    return torch.load(path, weights_only=False).eval()
+
+
+def _timing_table(timings) -> Table:
+    first = next(iter(timings.values())).median_ms
+    table = Table(title="batch latency (median of interleaved rounds)")
+    for column in ("contender", "median ms", "p10–p90 ms", "× first row"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    for name, t in timings.items():
+        spread = f"{t.p10_ms:.2f}–{t.p90_ms:.2f}"
+        table.add_row(name, f"{t.median_ms:.2f}", spread, f"{t.median_ms / first:.2f}")
+    return table
 
 
 class _errors:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from torch import nn
 
+from graphopt.compiler.tuning import Tuning
 from graphopt.errors import RecipeError, RecipeProblem, RegistryError
 from graphopt.pass_base import Pass
 from graphopt.registry import REGISTRY
@@ -74,8 +75,19 @@ class SavedGraphModule(_Strict):
         return torch.load(base / self.graph_module, weights_only=False)
 
 
+class OnnxModel(_Strict):
+    """An ONNX file, converted with onnx2torch and checked against ONNX Runtime."""
+
+    onnx: str = Field(description="Path of the .onnx file, relative to the recipe file.")
+
+    def build(self, base: Path) -> nn.Module:
+        from graphopt.frontend.fx import capture
+
+        return capture(base / self.onnx)
+
+
 def _model_kind(value: Any) -> str | None:
-    for key in ("torchvision", "python", "graph_module"):
+    for key in ("torchvision", "python", "graph_module", "onnx"):
         if (key in value) if isinstance(value, dict) else hasattr(value, key):
             return key
     return None
@@ -84,11 +96,12 @@ def _model_kind(value: Any) -> str | None:
 ModelSource = Annotated[
     Annotated[TorchvisionModel, Tag("torchvision")]
     | Annotated[PythonModel, Tag("python")]
-    | Annotated[SavedGraphModule, Tag("graph_module")],
+    | Annotated[SavedGraphModule, Tag("graph_module")]
+    | Annotated[OnnxModel, Tag("onnx")],
     Discriminator(
         _model_kind,
         custom_error_type="model_source",
-        custom_error_message="give one of 'torchvision', 'python' or 'graph_module'",
+        custom_error_message="give one of 'torchvision', 'python', 'graph_module' or 'onnx'",
     ),
 ]
 
@@ -123,10 +136,14 @@ class CaptureOptions(_Strict):
 
 
 class CompileOptions(_Strict):
-    """Compilation with TVM (arrives with the compile issue; accepted and refused clearly)."""
+    """Compile the rewritten graph with TVM into an artifact (written to ``<output>/artifact``)."""
 
-    target: str = Field(description="Target name: llvm, cuda or aarch64.")
-    trials: int = Field(default=0, ge=0, description="MetaSchedule trials (0: no tuning).")
+    target: str | dict[str, Any] = Field(
+        description="llvm, cuda, cuda:<arch> (e.g. cuda:sm_90), aarch64, or a TVM target dict."
+    )
+    tuning: Tuning | None = Field(
+        default_factory=Tuning, description="MetaSchedule tuning; null compiles untuned."
+    )
 
 
 class Recipe(_Strict):

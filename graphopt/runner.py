@@ -23,6 +23,7 @@ def run_recipe(
         recipe.example_inputs(),
         recipe.passes,
         target=recipe.compile.target if recipe.compile else None,
+        tuning=recipe.compile.tuning if recipe.compile else None,
         leaf_modules=recipe.capture.leaf_modules,
         leaf_types=recipe.capture.leaf_types,
         seed=recipe.seed,
@@ -31,7 +32,8 @@ def run_recipe(
 
 
 def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list[Path]:
-    """Write ``model.pt`` (the GraphModule), ``report.json``, ``recipe.json``, ``graph.py``."""
+    """Write ``model.pt`` (the GraphModule), ``report.json``, ``recipe.json``, ``graph.py``,
+    and the compiled ``artifact/`` directory when the recipe compiles."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "model.pt": lambda p: torch.save(result.model, p),
@@ -43,6 +45,8 @@ def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list
     for name, write in files.items():
         write(out_dir / name)
         written.append(out_dir / name)
+    if result.artifact is not None:
+        written.append(result.artifact.save(out_dir / "artifact"))
     return written
 
 

@@ -59,10 +59,23 @@ def report_schema() -> dict:
     return schema
 
 
+def manifest_schema() -> dict:
+    """The schema of an artifact's ``manifest.json``."""
+    from graphopt.compiler.manifest import Manifest
+
+    schema = Manifest.model_json_schema()
+    schema["$id"] = f"{SCHEMA_URL}manifest.schema.json"
+    return schema
+
+
 def generated_files() -> dict[Path, str]:
     """Every generated file and its content."""
     passes = builtin_passes()
-    schemas = {"recipe": recipe_schema(passes), "report": report_schema()}
+    schemas = {
+        "recipe": recipe_schema(passes),
+        "report": report_schema(),
+        "manifest": manifest_schema(),
+    }
     schemas.update({cls.name: pass_schema(cls) for cls in passes})
     files = {
         SCHEMA_DIR / f"{name}.schema.json": json.dumps(s, indent=2, sort_keys=True) + "\n"

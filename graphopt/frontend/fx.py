@@ -12,6 +12,7 @@ import fnmatch
 import linecache
 import types
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -47,19 +48,25 @@ def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
 
 
 def capture(
-    model: nn.Module,
-    example_inputs: ExampleInputs,
+    model: nn.Module | str | Path,
+    example_inputs: ExampleInputs | None = None,
     *,
     leaf_modules: Iterable[str] = (),
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> fx.GraphModule:
     """Trace ``model`` into the IR and record every node's shape and dtype.
 
-    The model is deep-copied first, so the IR never shares parameters or submodules with
-    the caller's model: rewriting the IR cannot change the model it came from.
+    ``model`` is a module or the path of an ``.onnx`` file (converted with onnx2torch and
+    checked against ONNX Runtime; its declared input shapes are used when ``example_inputs``
+    is omitted). The model is deep-copied first, so the IR never shares parameters or
+    submodules with the caller's model: rewriting the IR cannot change the model it came from.
     """
+    if isinstance(model, str | Path):
+        return _capture_onnx(Path(model), example_inputs, leaf_modules, leaf_types)
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        raise CaptureError("capture needs example_inputs for a torch module")
     inputs = as_input_tuple(example_inputs)
     model = copy.deepcopy(model)
     tracer = LeafTracer(leaf_modules, leaf_types)
@@ -72,6 +79,19 @@ def capture(
             raise _explain_trace_failure(model, exc) from exc
         gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
     propagate_shapes(gm, inputs)
+    return gm
+
+
+def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.GraphModule:
+    from graphopt.frontend.onnx import check_against_onnxruntime, example_inputs_for, load_onnx
+
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        raise CaptureError(f"{path}: expected an existing .onnx file")
+    module = load_onnx(path)
+    inputs = as_input_tuple(example_inputs) if example_inputs is not None else None
+    inputs = inputs or example_inputs_for(path)
+    gm = capture(module, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)
+    check_against_onnxruntime(path, gm, inputs)
     return gm
 
 
