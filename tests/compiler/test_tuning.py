@@ -1,0 +1,186 @@
+"""MetaSchedule tuning: the cache is reused (no new records), shared safely between processes,
+and candidates can be measured through an RPC tracker. Tiny workloads, a few trials each."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt.compiler import RPC, Tuning
+from graphopt.compiler.progress import TuningProgress
+from graphopt.compiler.targets import resolve_target
+from graphopt.compiler.tuning import target_cache_dir
+
+FEW = {"per_task": 2, "per_iter": 2, "progress": False}
+
+
+def mlp(n_in: int = 16, n_out: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU()).eval()
+
+
+def record_lines(cache_root: Path) -> list[dict]:
+    db = target_cache_dir(cache_root, resolve_target("llvm"))
+    text = (db / "database_tuning_record.json").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_second_compile_reuses_the_cache(tmp_path):
+    model, x = mlp(), torch.randn(1, 16)
+    tuning = Tuning(cache_dir=tmp_path, **FEW)
+    first = graphopt.compile(model, x, tuning=tuning).manifest.tuning
+    assert first.tasks >= 1 and first.tasks_from_cache == 0
+    assert first.trials > 0 and first.new_records == first.trials
+    assert first.tasks_applied == first.tasks
+    records = len(record_lines(tmp_path))
+    assert records == first.new_records
+
+    artifact = graphopt.compile(model, x, tuning=tuning)
+    second = artifact.manifest.tuning
+    assert second.tasks_from_cache == second.tasks == first.tasks
+    assert (second.trials, second.new_records, second.tasks_tuned) == (0, 0, 0)
+    assert len(record_lines(tmp_path)) == records  # nothing was re-tuned
+    with torch.no_grad():
+        assert torch.allclose(artifact(x), model(x), atol=1e-4)
+
+
+def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
+    model, x = mlp(12, 6), torch.randn(1, 12)
+    summary = graphopt.compile(model, x, tuning=Tuning(trials=0, cache_dir=tmp_path)).manifest
+    assert summary.tuning.trials == 0 and summary.tuning.tasks_applied == 0
+
+
+def test_two_processes_tuning_into_one_cache_do_not_corrupt_it(tmp_path):
+    script = textwrap.dedent("""
+        import sys, torch, graphopt
+        from graphopt.compiler import Tuning
+        from tests.compiler.test_tuning import FEW, mlp
+        n = int(sys.argv[1])
+        artifact = graphopt.compile(mlp(n, n // 2), torch.randn(1, n),
+                                    tuning=Tuning(cache_dir=sys.argv[2], **FEW))
+        print(artifact.manifest.tuning.new_records)
+    """)
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(n), str(tmp_path)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in (16, 20)
+    ]
+    merged = [int(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs) and all(m > 0 for m in merged)
+    assert len(record_lines(tmp_path)) == sum(merged)  # every line parses, none lost
+    for n in (16, 20):  # each process's workloads are now known to a third
+        again = graphopt.compile(
+            mlp(n, n // 2), torch.randn(1, n), tuning=Tuning(cache_dir=tmp_path, **FEW)
+        )
+        assert again.manifest.tuning.trials == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A TVM RPC tracker and one CPU server registered with it, on 127.0.0.1 only."""
+    from tvm import rpc
+
+    tracker_port, server_port = _free_port(), _free_port()
+    common = [sys.executable, "-m"]
+    tracker = subprocess.Popen(
+        [
+            *common,
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(tracker_port),
+            "--port-end",
+            str(tracker_port + 1),
+        ]
+    )
+    server = subprocess.Popen(
+        [
+            *common,
+            "tvm.exec.rpc_server",
+            "--tracker",
+            f"127.0.0.1:{tracker_port}",
+            "--key",
+            "graphopt-test",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server_port),
+            "--port-end",
+            str(server_port + 1),
+        ]
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                summary = rpc.connect_tracker("127.0.0.1", tracker_port).summary()
+                if summary["queue_info"].get("graphopt-test", {}).get("free"):
+                    break
+            except Exception:  # not up yet
+                pass
+            if time.time() > deadline:
+                pytest.fail("RPC tracker/server did not come up within 120 s")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{tracker_port}"
+    finally:
+        for p in (server, tracker):
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def test_tuning_through_an_rpc_tracker(rpc_tracker, tmp_path):
+    model, x = mlp(10, 4), torch.randn(1, 10)
+    tuning = Tuning(cache_dir=tmp_path, rpc=RPC(tracker=rpc_tracker, key="graphopt-test"), **FEW)
+    artifact = graphopt.compile(model, x, tuning=tuning)
+    summary = artifact.manifest.tuning
+    assert summary.remote == f"{rpc_tracker}/graphopt-test"
+    assert summary.trials > 0 and summary.new_records > 0
+    assert all(r[1][1] for r in record_lines(tmp_path))  # every record has measured run times
+    with torch.no_grad():
+        assert torch.allclose(artifact(x), model(x), atol=1e-4)
+
+
+def test_rpc_config_is_validated():
+    with pytest.raises(ValueError):
+        RPC(tracker="no-port", key="k")
+    assert RPC(tracker="10.0.0.2:9190", key="rk3588").host_port == ("10.0.0.2", 9190)
+
+
+def test_untunable_target_says_how_to_tune_it(tmp_path):
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64 gcc")
+    artifact = graphopt.compile(mlp(), torch.randn(1, 16), "aarch64", Tuning(cache_dir=tmp_path))
+    summary = artifact.manifest.tuning
+    assert summary.trials == 0 and "rpc" in summary.notes[0].lower()
+
+
+def test_progress_counts_trials_and_best_latency():
+    progress = TuningProgress(["a", "b"], budget=4, enabled=False)
+    progress.record(0, [2e-3, None])
+    progress.record(1, [1e-3, 5e-4])
+    assert (progress.trials, progress.failed) == (4, 1)
+    assert progress.best == [2e-3, 5e-4]
