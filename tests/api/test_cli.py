@@ -84,16 +84,46 @@ def test_inspect_a_torchvision_model_and_a_recipe(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "fc" in result.output
 
 
-def test_compile_section_is_refused_clearly_until_compilation_lands(tmp_path, monkeypatch):
+def test_compile_section_writes_an_artifact_and_bench_times_it(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     recipe = write_recipe(
         tmp_path,
         """
         model: {python: "tests.models:conv_bn_model"}
         inputs: [{shape: [1, 3, 8, 8]}]
-        compile: {target: llvm}
+        passes: [{pass: fold_batch_norm}]
+        compile: {target: llvm, tuning: null}
+        output_dir: result
     """,
     )
     result = runner.invoke(app, ["run", str(recipe)])
-    assert result.exit_code == 1
-    assert "compiling with TVM is not available yet" in result.output
+    assert result.exit_code == 0, result.output
+    artifact = tmp_path / "result" / "artifact"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["passes"] == ["fold_batch_norm"] and manifest["tuning"] is None
+
+    timings = tmp_path / "timings.json"
+    args = ["bench", str(artifact), "--model", str(artifact / "model.pt2"), "--rounds", "3"]
+    result = runner.invoke(app, [*args, "--json", str(timings)])
+    assert result.exit_code == 0, result.output
+    assert "pytorch eager" in result.output and "graphopt (llvm)" in result.output
+    data = json.loads(timings.read_text())
+    assert set(data) == {"pytorch eager", "graphopt (llvm)"}
+    assert all(t["rounds"] == 3 and t["median_ms"] > 0 for t in data.values())
+
+
+def test_bench_refuses_a_tampered_artifact(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = write_recipe(
+        tmp_path,
+        """
+        model: {python: "tests.models:conv_bn_model"}
+        inputs: [{shape: [1, 3, 8, 8]}]
+        compile: {target: llvm, tuning: null}
+        output_dir: result
+    """,
+    )
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    (tmp_path / "result" / "artifact" / "model.onnx").write_bytes(b"changed")
+    result = runner.invoke(app, ["bench", str(tmp_path / "result" / "artifact")])
+    assert result.exit_code == 1 and "sha256 differs" in result.output

@@ -1,4 +1,4 @@
-"""optimize(): never mutates its input, reports costs, refuses targets until compile lands."""
+"""optimize(): never mutates its input, reports costs, refuses unknown targets."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def test_report_totals_and_json_round_trip(torchvision_models):
     assert again == report
 
 
-def test_target_is_refused_until_compilation_lands():
-    with pytest.raises(NotImplementedError, match="compiling with TVM is not available yet"):
-        graphopt.optimize(torch.nn.Linear(2, 2), torch.randn(1, 2), [], target="llvm")
+def test_unknown_target_is_refused_with_the_valid_names():
+    with pytest.raises(graphopt.CompileError, match="valid targets: llvm, cuda"):
+        graphopt.optimize(torch.nn.Linear(2, 2), torch.randn(1, 2), [], target="x86")
 
 
 def test_graph_module_input_is_taken_as_captured():

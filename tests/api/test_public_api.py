@@ -9,6 +9,14 @@ import graphopt
 
 EXPECTED_ALL = {
     "REGISTRY",
+    "RPC",
+    "Artifact",
+    "ArtifactError",
+    "CompileError",
+    "Manifest",
+    "Tuning",
+    "compile",
+    "load",
     "CaptureError",
     "ConfigError",
     "Decline",
@@ -29,6 +37,29 @@ EXPECTED_ALL = {
     "Rule",
     "UnsupportedGraphError",
     "VerificationError",
+    "apply_rules",
+    "capture",
+    "load_recipe",
+    "optimize",
+    "parse_recipe",
+    "register_pass",
+}
+
+TUNING_DEFAULT = "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, rpc=None, progress=True, seed=0)"
+SIGNATURES = {
+    "optimize": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
+    "passes: 'Sequence[Pass]' = (), target: 'str | dict | None' = None, *, "
+    f"tuning: 'Tuning | None' = {TUNING_DEFAULT}, "
+    "leaf_modules: 'Iterable[str]' = (), leaf_types: 'Iterable[type[nn.Module]]' = (), "
+    "calibration_data: 'Iterable[Any] | None' = None, seed: 'int' = 0, "
+    "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
+    "capture": "(model: 'nn.Module | str | Path', example_inputs: 'ExampleInputs | None' = None, *, "
+    "leaf_modules: 'Iterable[str]' = (), "
+    "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
+    "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
+    f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
+    "report: 'OptimizeReport | None' = None) -> 'Artifact'",
+    "load": "(directory: 'str | Path') -> 'Artifact'",
     "apply_rules",
     "capture",
     "load_recipe",
