@@ -45,7 +45,9 @@ EXPECTED_ALL = {
     "register_pass",
 }
 
-TUNING_DEFAULT = "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, rpc=None, progress=True, seed=0)"
+TUNING_DEFAULT = (
+    "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, rpc=None, progress=True, seed=0)"
+)
 SIGNATURES = {
     "optimize": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     "passes: 'Sequence[Pass]' = (), target: 'str | dict | None' = None, *, "
@@ -53,30 +55,13 @@ SIGNATURES = {
     "leaf_modules: 'Iterable[str]' = (), leaf_types: 'Iterable[type[nn.Module]]' = (), "
     "calibration_data: 'Iterable[Any] | None' = None, seed: 'int' = 0, "
     "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
-    "capture": "(model: 'nn.Module | str | Path', example_inputs: 'ExampleInputs | None' = None, *, "
-    "leaf_modules: 'Iterable[str]' = (), "
+    "capture": "(model: 'nn.Module | str | Path', example_inputs: 'ExampleInputs | None' = None, "
+    "*, leaf_modules: 'Iterable[str]' = (), "
     "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
     "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
     "report: 'OptimizeReport | None' = None) -> 'Artifact'",
     "load": "(directory: 'str | Path') -> 'Artifact'",
-    "apply_rules",
-    "capture",
-    "load_recipe",
-    "optimize",
-    "parse_recipe",
-    "register_pass",
-}
-
-SIGNATURES = {
-    "optimize": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
-    "passes: 'Sequence[Pass]' = (), target: 'str | dict | None' = None, *, "
-    "leaf_modules: 'Iterable[str]' = (), leaf_types: 'Iterable[type[nn.Module]]' = (), "
-    "calibration_data: 'Iterable[Any] | None' = None, seed: 'int' = 0, "
-    "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
-    "capture": "(model: 'nn.Module', example_inputs: 'ExampleInputs', *, "
-    "leaf_modules: 'Iterable[str]' = (), "
-    "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
     "apply_rules": "(gm: 'fx.GraphModule', rules: 'tuple[Rule, ...]', selected) -> 'RuleOutcome'",
 }
 
