@@ -4,17 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint schemas install bench clean
+.PHONY: demo test lint schemas install system-deps bench clean
 
 install: $(STAMP)
 
 # Re-installs when pyproject.toml changes. torch/torchvision come from the machine's local
 # disk through pip's configured constraints (see README).
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The aarch64 target links with Debian's cross gcc. Installed when we can (root + apt-get);
+# otherwise the aarch64 tests skip with a reason.
+system-deps:
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null; }; }; \
+	} || echo "warning: aarch64-linux-gnu-gcc not installed; aarch64 tests will skip"
 
 demo: $(STAMP)
 	$(BIN)/graphopt run docs/examples/resnet18_demo.yaml
@@ -34,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/low_rank.py
+	$(BIN)/python bench/compile.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

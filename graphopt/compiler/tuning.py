@@ -181,14 +181,23 @@ def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
 
 @contextlib.contextmanager
 def _quiet_tvm_logs():
-    """MetaSchedule logs every round to stdout; our progress display replaces that."""
+    """MetaSchedule logs every round to stdout; our progress display replaces that.
+
+    MetaSchedule also rebuilds its logger from a dictConfig that names every handler already
+    on it, and fails (``'NoneType' object has no attribute 'format'``) on unnamed ones, such as
+    those pytest or an application attach; they are detached while TVM configures and tunes.
+    """
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    level = logger.level
+    level, unnamed = logger.level, [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
     logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(level)
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def _intrinsics_for(tvm_target):

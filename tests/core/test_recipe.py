@@ -82,8 +82,8 @@ def test_every_problem_is_reported_at_once():
 
 def test_missing_model_and_unknown_source_kind():
     assert problems("inputs: [{shape: [1]}]") == ["model: Field required"]
-    assert problems("model: {onnx: m.onnx}\ninputs: [{shape: [1]}]")[0].startswith(
-        "model: give one of 'torchvision', 'python' or 'graph_module'"
+    assert problems("model: {keras: m.h5}\ninputs: [{shape: [1]}]")[0].startswith(
+        "model: give one of 'torchvision', 'python', 'graph_module' or 'onnx'"
     )
 
 
