@@ -79,6 +79,11 @@ class Pass(BaseModel):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Rewrite ``gm`` (a private copy the pass may change) and return the result."""
 
+    def is_exact(self) -> bool:
+        """Whether this configuration preserves the function (``exact`` unless a pass's fields
+        make it lossy, e.g. Net2Net widening with symmetry-breaking noise)."""
+        return self.exact
+
     def selects(self, name: str, module: nn.Module | None) -> bool:
         """Whether this pass may touch the module called ``name``."""
         return selects(name, module, self.include, self.exclude, tuple(self.module_types))
@@ -98,7 +103,7 @@ class Pass(BaseModel):
         return PassReport(
             name=self.name,
             config=self.config(),
-            exact=self.exact,
+            exact=self.is_exact(),
             modified=modified,
             touched=list(touched),
             declined=list(declined),

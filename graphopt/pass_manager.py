@@ -76,7 +76,7 @@ class PassManager:
         seconds = time.perf_counter() - start
         after = result.graph
         reference, verification = verify_pass_output(
-            pass_.name, pass_.exact, gm, after, ctx.example_inputs, reference, self.tolerance
+            pass_.name, pass_.is_exact(), gm, after, ctx.example_inputs, reference, self.tolerance
         )
         report = result.report.model_copy(
             update={

@@ -8,6 +8,9 @@ from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode
 from graphopt.passes.fold_batch_norm import FoldBatchNorm
 from graphopt.passes.low_rank import LowRankFactorization
+from graphopt.passes.net2net_deepen import Net2NetDeepen
+from graphopt.passes.net2net_shrink import Net2NetShrink
+from graphopt.passes.net2net_widen import Net2NetWiden
 from graphopt.passes.remove_identity import RemoveIdentity
 
 BUILTIN_PASSES = (
@@ -16,13 +19,21 @@ BUILTIN_PASSES = (
     EliminateDeadCode,
     FoldBatchNorm,
     LowRankFactorization,
+    Net2NetDeepen,
+    Net2NetShrink,
+    Net2NetWiden,
     RemoveIdentity,
 )
 
 __all__ = [
     "BUILTIN_PASSES",
     "ChannelPruning",
+    "DepthwiseSubstitution",
     "EliminateDeadCode",
     "FoldBatchNorm",
+    "LowRankFactorization",
+    "Net2NetDeepen",
+    "Net2NetShrink",
+    "Net2NetWiden",
     "RemoveIdentity",
 ]

@@ -21,6 +21,7 @@ from graphopt.channels.graph import Dim
 from graphopt.channels.rules import meta_items, op_key
 
 Removed = dict[Dim, np.ndarray]
+Sources = dict[Dim, np.ndarray]  # new element k of a dim is old element sources[dim][k]
 ModuleUpdater = Callable[[nn.Module, fx.Node, "SurgeryContext"], None]
 NodeUpdater = Callable[[fx.Node, "SurgeryContext"], None]
 
@@ -41,10 +42,12 @@ def updates(*keys: object):
 
 
 class SurgeryContext:
-    """Old shapes (recorded before surgery) and what was removed from each dim."""
+    """Old shapes (recorded before surgery) and what was removed from (or the new element
+    sources of) each dim."""
 
-    def __init__(self, removed: Removed) -> None:
+    def __init__(self, removed: Removed, sources: Sources | None = None) -> None:
         self.removed = removed
+        self.sources = sources or {}
 
     def dropped(self, node: fx.Node, axis: int, item: int | None = None) -> np.ndarray:
         rank = len(self.old_shape(node, item))
@@ -57,13 +60,36 @@ class SurgeryContext:
 
     def new_shape(self, node: fx.Node, item: int | None = None) -> tuple[int, ...]:
         old = self.old_shape(node, item)
-        return tuple(s - len(self.dropped(node, a, item)) for a, s in enumerate(old))
+        kind = "param" if node.op == "get_attr" else "value"
+        owner = str(node.target) if node.op == "get_attr" else node.name
+        sizes = []
+        for axis, size in enumerate(old):
+            source = self.sources.get(Dim(kind, owner, axis, item))
+            sizes.append(
+                len(source) if source is not None else size - len(self.dropped(node, axis, item))
+            )
+        return tuple(sizes)
 
 
 def prune(gm: fx.GraphModule, removed: Removed) -> None:
     """Remove ``removed[dim]`` elements from every dim, in place; recompiles ``gm``."""
     ctx = SurgeryContext({d: np.asarray(i) for d, i in removed.items() if len(i)})
     _slice_tensors(gm, ctx)
+    _update_modules_and_args(gm, ctx)
+
+
+def resize(gm: fx.GraphModule, sources: Sources, mixes: dict[Dim, np.ndarray] | None = None):
+    """Rebuild dims from old elements, in place: element ``k`` of ``dim`` becomes old element
+    ``sources[dim][k]`` (repeats allowed: Net2Net widening). A parameter dim given a matrix
+    ``mixes[dim]`` (old size × new size) becomes ``old @ mix`` along that axis instead (split
+    or summed columns). Only module attributes and reshape-like literal sizes are updated:
+    slice bounds and pad widths assume removal, so callers verify the result."""
+    ctx = SurgeryContext({}, {d: np.asarray(s) for d, s in sources.items()})
+    _gather_tensors(gm, ctx.sources, mixes or {})
+    _update_modules_and_args(gm, ctx)
+
+
+def _update_modules_and_args(gm: fx.GraphModule, ctx: SurgeryContext) -> None:
     for node in list(gm.graph.nodes):
         key = op_key(gm, node) if node.op.startswith("call_") else None
         if node.op == "call_module":
@@ -97,6 +123,30 @@ def _slice_tensors(gm: fx.GraphModule, ctx: SurgeryContext) -> None:
             for axis, indices in cuts:
                 keep = np.setdiff1d(np.arange(new.shape[axis]), indices)
                 new = new.index_select(axis, torch.as_tensor(keep, device=new.device))
+            new = new.clone()
+        if isinstance(tensor, nn.Parameter):
+            setattr(parent, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            setattr(parent, attr, new)
+
+
+def _gather_tensors(gm: fx.GraphModule, sources: Sources, mixes) -> None:
+    per_tensor: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for dim, source in sources.items():
+        if dim.kind == "param":
+            per_tensor[dim.owner].append((dim.axis, mixes.get(dim, source)))
+    for name, changes in per_tensor.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = gm.get_submodule(parent_name)
+        tensor = getattr(parent, attr)
+        with torch.no_grad():
+            new = tensor.detach()
+            for axis, change in changes:
+                if change.ndim == 2:  # a mixing matrix
+                    mix = torch.as_tensor(change, dtype=new.dtype, device=new.device)
+                    new = (new.movedim(axis, -1) @ mix).movedim(-1, axis)
+                else:
+                    new = new.index_select(axis, torch.as_tensor(change, device=new.device))
             new = new.clone()
         if isinstance(tensor, nn.Parameter):
             setattr(parent, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
