@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/low_rank.py
+	$(BIN)/python bench/net2net.py
 	$(BIN)/python bench/compile.py
 
 clean:

@@ -84,10 +84,23 @@ def run_model(name: str, budgets: list[int], rounds: int) -> dict:
         }
         artifacts[label] = tuned
         print(f"{name} {label}: {wall:.0f} s, recompile {recompile:.1f} s", flush=True)
-    loaded = {}
     for label, artifact in artifacts.items():
-        directory = SCRATCH / f"{name}-{label.replace(' ', '_').replace('/', '-')}"
-        loaded[label] = graphopt.load(artifact.save(directory))
+        artifact.save(artifact_dir(name, label))
+    row["latency"] = time_model(name, list(artifacts), rounds)
+    return row
+
+
+def artifact_dir(name: str, label: str) -> Path:
+    return SCRATCH / f"{name}-{label.replace(' ', '_').replace('/', '-')}"
+
+
+def time_model(name: str, labels: list[str], rounds: int) -> dict:
+    """Load the saved artifacts back and time them against eager and ONNX Runtime."""
+    import graphopt
+    from graphopt.compiler.benchmark import time_interleaved
+
+    model, x = build_model(name)
+    loaded = {label: graphopt.load(artifact_dir(name, label)) for label in labels}
     session, input_name = ort_session(loaded["tvm untuned"].directory / "model.onnx")
     xn = x.numpy()
     with torch.no_grad():
@@ -99,13 +112,11 @@ def run_model(name: str, budgets: list[int], rounds: int) -> dict:
     }
     errors = {"onnxruntime": float(np.abs(session.run(None, {input_name: xn})[0] - expected).max())}
     errors.update({label: float(np.abs(a(xn) - expected).max()) for label, a in loaded.items()})
-    from graphopt.compiler.benchmark import time_interleaved
-
     with torch.no_grad():
         timings = time_interleaved(contenders, rounds=rounds)
     eager = timings["pytorch eager"].median_ms
     ort_ms = timings["onnxruntime"].median_ms
-    row["latency"] = {
+    return {
         label: {
             **t.model_dump(),
             "vs_eager": t.median_ms / eager,
@@ -114,7 +125,6 @@ def run_model(name: str, budgets: list[int], rounds: int) -> dict:
         }
         for label, t in timings.items()
     }
-    return row
 
 
 def write_markdown(result: dict) -> str:
@@ -157,6 +167,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet56", "resnet18", "mobilenet_v2"])
     parser.add_argument("--per-task", nargs="+", type=int, default=[2, 8])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument(
+        "--time-only",
+        action="store_true",
+        help="Re-time the artifacts a previous run saved (for a quiet machine); keeps its builds.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
@@ -168,6 +183,15 @@ def main() -> None:
         "models": [],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.time_only:
+        result = json.loads((RESULTS / "compile.json").read_text())
+        result["rounds"] = args.rounds
+        for row in result["models"]:
+            row["latency"] = time_model(row["model"], list(row["builds"]), args.rounds)
+        (RESULTS / "compile.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / "compile.md").write_text(write_markdown(result))
+        print(write_markdown(result))
+        return
     for name in args.models:  # results are written after each model: a long run keeps its rows
         result["models"].append(run_model(name, args.per_task, args.rounds))
         (RESULTS / "compile.json").write_text(json.dumps(result, indent=2) + "\n")
