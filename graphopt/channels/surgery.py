@@ -110,24 +110,14 @@ def _module_updater(module_type: type) -> ModuleUpdater | None:
 
 
 def _slice_tensors(gm: fx.GraphModule, ctx: SurgeryContext) -> None:
-    per_tensor: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    """Removal is a gather of the kept elements."""
+    kept = {}
     for dim, indices in ctx.removed.items():
         if dim.kind == "param":
-            per_tensor[dim.owner].append((dim.axis, indices))
-    for name, cuts in per_tensor.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = gm.get_submodule(parent_name)
-        tensor = getattr(parent, attr)
-        with torch.no_grad():
-            new = tensor.detach()
-            for axis, indices in cuts:
-                keep = np.setdiff1d(np.arange(new.shape[axis]), indices)
-                new = new.index_select(axis, torch.as_tensor(keep, device=new.device))
-            new = new.clone()
-        if isinstance(tensor, nn.Parameter):
-            setattr(parent, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
-        else:
-            setattr(parent, attr, new)
+            parent, _, attr = dim.owner.rpartition(".")
+            size = getattr(gm.get_submodule(parent), attr).shape[dim.axis]
+            kept[dim] = np.setdiff1d(np.arange(size), indices)
+    _gather_tensors(gm, kept, {})
 
 
 def _gather_tensors(gm: fx.GraphModule, sources: Sources, mixes) -> None:
