@@ -53,6 +53,13 @@ def test_second_compile_reuses_the_cache(tmp_path):
     with torch.no_grad():
         assert torch.allclose(artifact(x), model(x), atol=1e-4)
 
+    # another model sharing the first layer's workload tunes only what is new
+    torch.manual_seed(1)
+    bigger = nn.Sequential(*mlp(), nn.Linear(8, 3)).eval()
+    third = graphopt.compile(bigger, x, tuning=tuning).manifest.tuning
+    assert third.tasks > first.tasks
+    assert third.tasks_from_cache >= 1 and third.tasks_tuned == third.tasks - third.tasks_from_cache
+
 
 def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
     model, x = mlp(12, 6), torch.randn(1, 12)
