@@ -156,7 +156,11 @@ def write_markdown(result: dict) -> str:
             lines.append(
                 f"| {label} | {b['compile_s']:.1f} | {tuning.get('tasks', '–')} | "
                 f"{tuning.get('trials', '–')} | {tuning.get('seconds', 0):.0f} | "
-                f"{b.get('recompile_from_cache_s', float('nan')):.1f} |"
+                + (
+                    f"{b['recompile_from_cache_s']:.1f} |"
+                    if "recompile_from_cache_s" in b
+                    else "– |"
+                )
             )
         lines.append("")
     return "\n".join(lines)
