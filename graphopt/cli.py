@@ -251,10 +251,7 @@ def bench(
         if threads:
             torch.set_num_threads(threads)
         generator = torch.Generator().manual_seed(0)
-        inputs = [
-            torch.randn(s.shape, generator=generator).to(getattr(torch, s.dtype))
-            for s in compiled.manifest.inputs
-        ]
+        inputs = [_random_input(s, generator) for s in compiled.manifest.inputs]
         arrays = [x.numpy() for x in inputs]
         contenders = {f"graphopt ({compiled.manifest.target.name})": lambda: compiled(*arrays)}
         if model is not None:
@@ -265,6 +262,16 @@ def bench(
         console.print(_timing_table(timings))
         if json_out is not None:
             json_out.write_text(json.dumps({k: t.model_dump() for k, t in timings.items()}))
+
+
+def _random_input(spec, generator):
+    """Random data of the manifest's shape and dtype (integers in [0, 2): safe as ids/masks)."""
+    import torch
+
+    dtype = getattr(torch, spec.dtype)
+    if dtype.is_floating_point:
+        return torch.randn(spec.shape, generator=generator).to(dtype)
+    return torch.randint(0, 2, spec.shape, generator=generator, dtype=dtype)
 
 
 def _load_torch_model(path: Path):

@@ -63,6 +63,9 @@ class Net2NetShrink(Pass):
         activations = self._activations(gm, groups, ctx) if self.criterion == "activations" else {}
         touched, notes, merged = [], [], 0
         for unit_group in groups:
+            if reason := self._too_few_samples(unit_group, activations):
+                declined.append(Decline(target=", ".join(unit_group.layers()), reason=reason))
+                continue
             keep, factor = self._clusters(gm, unit_group, activations)
             if len(keep) == unit_group.units:
                 continue
@@ -87,6 +90,19 @@ class Net2NetShrink(Pass):
             error = relative_difference(original, gm, ctx.example_inputs)
             report.metrics["relative_output_change"] = error
         return PassResult(gm, bool(touched), report)
+
+    def _too_few_samples(self, unit_group: UnitGroup, activations) -> str | None:
+        """Collinearity judged on a handful of samples is meaningless (one sample: all units
+        look collinear), so a group needs at least max(16, units) samples per unit."""
+        if self.criterion != "activations":
+            return None
+        samples = activations[unit_group.group.index].shape[1]
+        if samples >= max(16, unit_group.units):
+            return None
+        return (
+            f"only {samples} activation samples per unit for {unit_group.units} units; "
+            "pass more calibration_data"
+        )
 
     def _clusters(self, gm, unit_group: UnitGroup, activations):
         """``keep[k]``: the unit that cluster ``k`` keeps; ``factor[u]``: u ≈ factor·keep."""

@@ -43,6 +43,8 @@ class Artifact:
         """Copy the artifact's files into ``directory`` (created; existing files replaced)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        if out.resolve() == self.directory.resolve():
+            return out
         for name in [*self.manifest.files, MANIFEST]:
             shutil.copy2(self.directory / name, out / name)
         return out

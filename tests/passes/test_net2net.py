@@ -239,3 +239,12 @@ def test_concatenated_units_are_copied_part_by_part():
     assert relative_error(model, wider.model, x) <= TOLERANCE
     back = graphopt.optimize(wider.model, x, [Net2NetShrink()])
     assert back.report.after == wider.report.before
+
+
+def test_activations_need_enough_samples():
+    model, x = mlp(), torch.randn(2, 10)  # two samples cannot show that 16 units are collinear
+    shrink = Net2NetShrink(criterion="activations", tolerance=0.1, depth=False)
+    result = graphopt.optimize(model, x, [shrink])
+    report = result.report.passes[0]
+    assert not report.modified
+    assert any("only 2 activation samples" in d.reason for d in report.declined)
