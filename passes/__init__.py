@@ -3,6 +3,7 @@
 They register through the ``graphopt.passes`` entry-point group, exactly like plugins.
 """
 
+from graphopt.passes.batch_norm_recalibration import BatchNormRecalibration
 from graphopt.passes.channel_pruning import ChannelPruning
 from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode
@@ -14,6 +15,7 @@ from graphopt.passes.net2net_widen import Net2NetWiden
 from graphopt.passes.remove_identity import RemoveIdentity
 
 BUILTIN_PASSES = (
+    BatchNormRecalibration,
     ChannelPruning,
     DepthwiseSubstitution,
     EliminateDeadCode,
@@ -27,6 +29,7 @@ BUILTIN_PASSES = (
 
 __all__ = [
     "BUILTIN_PASSES",
+    "BatchNormRecalibration",
     "ChannelPruning",
     "DepthwiseSubstitution",
     "EliminateDeadCode",
