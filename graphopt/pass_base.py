@@ -30,12 +30,14 @@ from graphopt.selectors import ModuleType, selects
 
 @dataclass(frozen=True)
 class PassContext:
-    """What a pass may read besides the graph: example inputs, calibration data, seed, history."""
+    """What a pass may read besides the graph: example inputs, calibration data, seed, history,
+    and the graph as it was before the first pass (the teacher of recovery passes)."""
 
     example_inputs: tuple[torch.Tensor, ...]
     calibration_data: Iterable[Any] | None = None
     seed: int = 0
     history: tuple[str, ...] = field(default=())
+    original: fx.GraphModule | None = None
 
     def after(self, pass_name: str) -> PassContext:
         """The context for the next pass, once ``pass_name`` has run."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from torch import fx
@@ -59,6 +60,8 @@ class PassManager:
     ) -> tuple[fx.GraphModule, list[PassReport]]:
         """Apply every pass to ``gm`` (unchanged itself); ``reference`` is ``gm``'s output."""
         reports = []
+        if ctx.original is None:
+            ctx = replace(ctx, original=gm)
         for index, pass_ in enumerate(self.passes):
             if self.observer:
                 self.observer.pass_started(index, len(self.passes), pass_)

@@ -8,6 +8,7 @@ from graphopt.passes.channel_pruning import ChannelPruning
 from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode
 from graphopt.passes.fold_batch_norm import FoldBatchNorm
+from graphopt.passes.layerwise_reconstruction import LayerwiseReconstruction
 from graphopt.passes.low_rank import LowRankFactorization
 from graphopt.passes.net2net_deepen import Net2NetDeepen
 from graphopt.passes.net2net_shrink import Net2NetShrink
@@ -20,6 +21,7 @@ BUILTIN_PASSES = (
     DepthwiseSubstitution,
     EliminateDeadCode,
     FoldBatchNorm,
+    LayerwiseReconstruction,
     LowRankFactorization,
     Net2NetDeepen,
     Net2NetShrink,
@@ -34,6 +36,7 @@ __all__ = [
     "DepthwiseSubstitution",
     "EliminateDeadCode",
     "FoldBatchNorm",
+    "LayerwiseReconstruction",
     "LowRankFactorization",
     "Net2NetDeepen",
     "Net2NetShrink",

@@ -84,5 +84,6 @@ def test_pass_result_and_context_fields_are_stable():
         "calibration_data",
         "seed",
         "history",
+        "original",
     ]
     assert set(graphopt.Pass.model_fields) == {"include", "exclude", "module_types"}

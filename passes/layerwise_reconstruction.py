@@ -1,0 +1,162 @@
+"""LayerwiseReconstruction: W ⇐ argmin ‖X·W − Y‖² + λ‖W‖², Y = the original layer's output."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import fx, nn
+
+from graphopt.errors import ConfigError
+from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.passes._calibration import first_inputs, patches, run_with_input_hooks
+from graphopt.report import Decline
+
+
+class LayerwiseReconstruction(Pass):
+    """Refit each changed Conv2d/Linear in closed form to reproduce the original's output there.
+
+    For every selected layer that exists under the same name in the graph before the first
+    pass, with the same output width but other input width or other weights (the consumer of
+    pruned channels, typically), solve the ridge-regularised least squares problem
+    ``min ‖[X 1]·[W; b] − Y‖² + λ·mean(diag XᵀX)·‖W‖²`` where X are the layer's inputs in the
+    rewritten model and Y the original layer's outputs, on the same calibration batches (the
+    idea of ThiNet and He et al. 2017). All layers are fit from one pass of each model over
+    the data (rows sampled evenly, seeded). Needs ``calibration_data``.
+    """
+
+    name: ClassVar[str] = "layerwise_reconstruction"
+    exact: ClassVar[bool] = False
+
+    ridge: Annotated[float, Field(ge=0, le=10)] = Field(
+        default=1e-3, description="λ, relative to the mean of diag(XᵀX)."
+    )
+    batches: int = Field(default=8, ge=1, description="Most calibration batches used.")
+    max_rows: int = Field(
+        default=16384,
+        ge=16,
+        description="Most (input, output) rows per layer, sampled evenly across batches (seeded).",
+    )
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        if ctx.calibration_data is None or ctx.original is None:
+            raise ConfigError(f"{self.name} needs calibration data and the original graph")
+        batches = first_inputs(ctx.calibration_data, self.batches)
+        targets, declined = self._targets(gm, ctx.original)
+        statistics = self._statistics(gm, ctx.original, targets, batches) if targets else {}
+        notes, touched = [], []
+        for name in targets:
+            before, after = self._refit(gm.get_submodule(name), *statistics[name])
+            touched.append(name)
+            notes.append(f"{name}: relative output error {before:.3f} → {after:.3f}")
+        report = self.report(bool(touched), touched, declined, notes)
+        report.metrics["layers_refit"] = float(len(touched))
+        return PassResult(gm, bool(touched), report)
+
+    def _targets(self, gm, original) -> tuple[list[str], list[Decline]]:
+        old_modules = dict(original.named_modules())
+        order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+        targets, declined = [], []
+        for name in dict.fromkeys(order):
+            module, old = gm.get_submodule(name), old_modules.get(name)
+            if type(module) not in (nn.Conv2d, nn.Linear) or not self.selects(name, module):
+                continue
+            if old is None or type(old) is not type(module):
+                continue  # a new layer (e.g. a factorization): no original output to match
+            if isinstance(module, nn.Conv2d) and (
+                module.groups != 1 or module.padding_mode != "zeros"
+            ):
+                declined.append(Decline(target=name, reason="grouped or non-zero-padded conv"))
+            elif old.weight.shape[0] != module.weight.shape[0]:
+                declined.append(Decline(target=name, reason="output width changed"))
+            elif old.weight.shape != module.weight.shape or not torch.equal(
+                old.weight, module.weight
+            ):
+                targets.append(name)
+        return targets, declined
+
+    def _refit(self, module: nn.Module, xtx, xty, yty: float) -> tuple[float, float]:
+        before = _error(_weights(module), xtx, xty, yty)
+        regulariser = self.ridge * float(np.mean(np.diag(xtx)[:-1])) * np.eye(len(xtx))
+        regulariser[-1, -1] = 0.0  # the bias is not shrunk
+        solution = np.linalg.solve(xtx + regulariser, xty)
+        with torch.no_grad():
+            weight = torch.from_numpy(solution[:-1].T.copy()).to(module.weight.dtype)
+            module.weight.copy_(weight.reshape(module.weight.shape))
+            bias = torch.from_numpy(solution[-1].copy()).to(module.weight.dtype)
+            if module.bias is None:
+                module.bias = nn.Parameter(bias)
+            else:
+                module.bias.copy_(bias)
+        return before, _error(_weights(module), xtx, xty, yty)
+
+    def _statistics(self, gm, original, names: list[str], batches) -> dict[str, tuple]:
+        """Per layer XᵀX, XᵀY, YᵀY (double) from one pass of each model over the batches.
+
+        X (with a column of ones for the bias) is sampled in the rewritten model, Y at the same
+        rows in the original; every layer sees the inputs of the rewritten model before any
+        refit (one pass over the data, not one per layer).
+        """
+        per_batch = max(1, self.max_rows // len(batches))
+        generator = torch.Generator().manual_seed(0)
+        sampled: dict[str, list] = {n: [] for n in names}  # (rows of X, indices) per batch
+
+        def take_inputs(name):
+            def hook(module, args):
+                rows = patches(module, args[0].detach(), "patches")
+                index = torch.randperm(len(rows), generator=generator)[:per_batch]
+                sampled[name].append((rows[index].double(), index))
+
+            return hook
+
+        run_with_input_hooks(gm, {n: take_inputs(n) for n in names}, batches)
+        sums = {n: [0.0, 0.0, 0.0] for n in names}
+        position = {n: 0 for n in names}
+
+        def take_outputs(name):
+            def hook(module, args, out):
+                rows, index = sampled[name][position[name]]
+                position[name] += 1
+                target = _output_rows(gm.get_submodule(name), out.detach())[index].double()
+                rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
+                total = sums[name]
+                total[0] = total[0] + (rows.T @ rows).numpy()
+                total[1] = total[1] + (rows.T @ target).numpy()
+                total[2] = total[2] + float((target * target).sum())
+
+            return hook
+
+        handles = [original.get_submodule(n).register_forward_hook(take_outputs(n)) for n in names]
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    original(*batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {n: tuple(sums[n]) for n in names}
+
+
+def _output_rows(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+
+
+def _weights(module: nn.Module) -> np.ndarray:
+    """[W; b] as the solve lays it out: (inputs + 1) × outputs."""
+    w = module.weight.detach().double().reshape(module.weight.shape[0], -1).T.numpy()
+    b = (
+        module.bias.detach().double().numpy()
+        if module.bias is not None
+        else np.zeros(module.weight.shape[0])
+    )
+    return np.vstack([w, b[None, :]])
+
+
+def _error(w: np.ndarray, xtx, xty, yty: float) -> float:
+    """‖XW − Y‖ / ‖Y‖ from the accumulated statistics."""
+    residual = float(np.sum(w * (xtx @ w)) - 2 * np.sum(w * xty) + yty)
+    return (max(residual, 0.0) / yty) ** 0.5 if yty else 0.0
