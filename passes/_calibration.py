@@ -58,7 +58,7 @@ def input_covariances(
             counts[_name] = counts.get(_name, 0) + rows.shape[0]
 
         hooks[name] = hook
-    run_with_input_hooks(gm, hooks, batches)
+    run_batches(gm, batches, input_hooks=hooks)
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -81,13 +81,25 @@ def layer_inputs(
     """The tensors each named module receives on the calibration batches."""
     seen: dict[str, list] = {n: [] for n in names}
     hooks = {n: (lambda m, a, _n=n: seen[_n].append(a[0].detach())) for n in names}
-    run_with_input_hooks(gm, hooks, batches)
+    run_batches(gm, batches, input_hooks=hooks)
     return seen
 
 
-def run_with_input_hooks(gm: fx.GraphModule, hooks: dict, batches: list[tuple]) -> None:
-    """Run ``gm`` on every batch (no grad) with ``hooks[name]`` seeing module ``name``'s inputs."""
-    handles = [gm.get_submodule(n).register_forward_pre_hook(h) for n, h in hooks.items()]
+def run_batches(
+    gm: nn.Module,
+    batches: list[tuple],
+    *,
+    input_hooks: dict | None = None,
+    output_hooks: dict | None = None,
+) -> None:
+    """Run ``gm`` on every batch (no grad); ``input_hooks[name]`` sees module ``name``'s inputs
+    (forward pre-hook), ``output_hooks[name]`` its inputs and output (forward hook)."""
+    handles = [
+        gm.get_submodule(n).register_forward_pre_hook(h) for n, h in (input_hooks or {}).items()
+    ]
+    handles += [
+        gm.get_submodule(n).register_forward_hook(h) for n, h in (output_hooks or {}).items()
+    ]
     try:
         with torch.no_grad():
             for inputs in batches:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import Field
 from torch import fx, nn
 
 from graphopt.errors import ConfigError
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs
+from graphopt.passes._calibration import first_inputs, run_batches
 from graphopt.report import Decline
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -48,9 +47,7 @@ class BatchNormRecalibration(Pass):
                 module.reset_running_stats()
                 module.momentum = None  # cumulative average over the batches
                 module.train()
-            with torch.no_grad():
-                for inputs in batches:
-                    gm(*inputs)
+            run_batches(gm, batches)
         finally:
             gm.train(was_training)
             for name, module in norms.items():

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from graphopt.errors import ConfigError
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs, patches, run_with_input_hooks
+from graphopt.passes._calibration import first_inputs, patches, run_batches
 from graphopt.report import Decline
 
 
@@ -111,7 +111,7 @@ class LayerwiseReconstruction(Pass):
 
             return hook
 
-        run_with_input_hooks(gm, {n: take_inputs(n) for n in names}, batches)
+        run_batches(gm, batches, input_hooks={n: take_inputs(n) for n in names})
         sums = {n: [0.0, 0.0, 0.0] for n in names}
         position = {n: 0 for n in names}
 
@@ -128,14 +128,7 @@ class LayerwiseReconstruction(Pass):
 
             return hook
 
-        handles = [original.get_submodule(n).register_forward_hook(take_outputs(n)) for n in names]
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    original(*batch)
-        finally:
-            for handle in handles:
-                handle.remove()
+        run_batches(original, batches, output_hooks={n: take_outputs(n) for n in names})
         return {n: tuple(sums[n]) for n in names}
 
 

@@ -12,7 +12,7 @@ from scipy.spatial.distance import squareform
 from torch import fx
 
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs, run_with_input_hooks
+from graphopt.passes._calibration import first_inputs, run_batches
 from graphopt.passes._net2net import (
     UnitGroup,
     plan,
@@ -143,7 +143,7 @@ class Net2NetShrink(Pass):
         for names in readers.values():
             for name, _ in names:
                 hooks[name] = lambda m, a, _n=name: seen.setdefault(_n, []).append(a[0].detach())
-        run_with_input_hooks(gm, hooks, batches)
+        run_batches(gm, batches, input_hooks=hooks)
         result = {}
         for g in groups:
             rows = []
