@@ -112,8 +112,8 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     db_dir.mkdir(parents=True, exist_ok=True)
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
     with _locked(db_dir):
-        cache = _open(db_dir)
-        todo = [t for t in tasks if not _known(cache, t, tvm_target)]
+        cache = _open(db_dir)  # read whole into memory; queries and apply never touch the file
+    todo = [t for t in tasks if not _known(cache, t, tvm_target)]
     notes: list[str] = []
     trials, new_records = 0, 0
     if todo and _budget(tuning, len(todo)) > 0:
@@ -124,12 +124,10 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
             )
         else:
             records, trials = _tune(todo, tvm_target, tuning)
-            new_records = _merge(db_dir, records)
-    with _locked(db_dir):
-        cache = _open(db_dir)
-        applied = sum(_known(cache, t, tvm_target) for t in tasks)
-        with tvm_target, cache:
-            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            cache, new_records = _merge(db_dir, records), len(records)
+    applied = sum(_known(cache, t, tvm_target) for t in tasks)
+    with tvm_target, cache:
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     summary = TuningSummary(
         tasks=len(tasks),
         tasks_from_cache=len(tasks) - len(todo),
@@ -231,8 +229,9 @@ def _runner(tuning: Tuning):
     return ms.runner.RPCRunner(rpc_config=config)
 
 
-def _merge(db_dir: Path, records) -> int:
-    """Append ``records`` to the cache database; only ever under the directory's lock."""
+def _merge(db_dir: Path, records):
+    """Append ``records`` to the cache database under the directory's lock; returns the
+    database as re-read then (other processes' records included) with ours added."""
     import tvm.s_tir.meta_schedule as ms
 
     with _locked(db_dir):
@@ -244,7 +243,7 @@ def _merge(db_dir: Path, records) -> int:
                     record.trace, workload, record.run_secs, record.target, record.args_info
                 )
             )
-    return len(records)
+    return cache
 
 
 def _open(db_dir: Path):
