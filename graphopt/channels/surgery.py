@@ -51,24 +51,27 @@ class SurgeryContext:
 
     def dropped(self, node: fx.Node, axis: int, item: int | None = None) -> np.ndarray:
         rank = len(self.old_shape(node, item))
-        kind = "param" if node.op == "get_attr" else "value"
-        owner = str(node.target) if node.op == "get_attr" else node.name
-        return self.removed.get(Dim(kind, owner, axis % rank, item), np.empty(0, dtype=np.int64))
+        dim = _dim_of(node, axis % rank, item)
+        return self.removed.get(dim, np.empty(0, dtype=np.int64))
 
     def old_shape(self, node: fx.Node, item: int | None = None) -> tuple[int, ...]:
         return tuple(dict(meta_items(node))[item].shape)
 
     def new_shape(self, node: fx.Node, item: int | None = None) -> tuple[int, ...]:
-        old = self.old_shape(node, item)
-        kind = "param" if node.op == "get_attr" else "value"
-        owner = str(node.target) if node.op == "get_attr" else node.name
         sizes = []
-        for axis, size in enumerate(old):
-            source = self.sources.get(Dim(kind, owner, axis, item))
+        for axis, size in enumerate(self.old_shape(node, item)):
+            source = self.sources.get(_dim_of(node, axis, item))
             sizes.append(
                 len(source) if source is not None else size - len(self.dropped(node, axis, item))
             )
         return tuple(sizes)
+
+
+def _dim_of(node: fx.Node, axis: int, item: int | None) -> Dim:
+    """The channel-graph dim of a node's value (or of the parameter a get_attr reads)."""
+    if node.op == "get_attr":
+        return Dim("param", str(node.target), axis, item)
+    return Dim("value", node.name, axis, item)
 
 
 def prune(gm: fx.GraphModule, removed: Removed) -> None:
