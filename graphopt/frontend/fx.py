@@ -83,15 +83,19 @@ def capture(
 
 
 def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.GraphModule:
-    from graphopt.frontend.onnx import check_against_onnxruntime, example_inputs_for, load_onnx
+    from graphopt.frontend import onnx
 
     if path.suffix.lower() != ".onnx" or not path.is_file():
         raise CaptureError(f"{path}: expected an existing .onnx file")
-    module = load_onnx(path)
-    inputs = as_input_tuple(example_inputs) if example_inputs is not None else None
-    inputs = inputs or example_inputs_for(path)
-    gm = capture(module, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)
-    check_against_onnxruntime(path, gm, inputs)
+    proto = onnx.read_onnx(path)
+    if example_inputs is None:
+        inputs = onnx.example_inputs_for(proto, path)
+    else:
+        inputs = as_input_tuple(example_inputs)
+    gm = capture(
+        onnx.to_module(proto, path), inputs, leaf_modules=leaf_modules, leaf_types=leaf_types
+    )
+    onnx.check_against_onnxruntime(path, gm, inputs)
     return gm
 
 

@@ -21,15 +21,20 @@ TOLERANCE = 1e-4  # max |graphopt - onnxruntime| / max |onnxruntime|
 _DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 6: torch.int32, 7: torch.int64}
 
 
-def load_onnx(path: str | Path) -> nn.Module:
-    """The ONNX file as a torch module (not yet captured)."""
+def read_onnx(path: str | Path):
+    """The file's ModelProto (read once; conversion and example inputs share it)."""
     import onnx
-    import onnx2torch
 
     try:
-        proto = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:  # protobuf and I/O errors
         raise CaptureError(f"{path}: not a readable ONNX file: {exc}") from exc
+
+
+def to_module(proto, path: str | Path) -> nn.Module:
+    """The model as a torch module (not yet captured); ``proto`` gains inlined aliases."""
+    import onnx2torch
+
     _inline_constant_identities(proto)
     try:
         return onnx2torch.convert(proto).eval()
@@ -40,11 +45,9 @@ def load_onnx(path: str | Path) -> nn.Module:
         ) from exc
 
 
-def example_inputs_for(path: str | Path, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs with the static shapes and dtypes the file declares."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def example_inputs_for(proto, path: str | Path, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs with the static shapes and dtypes the model declares."""
+    graph = proto.graph
     initializers = {i.name for i in graph.initializer}
     generator = torch.Generator().manual_seed(seed)
     inputs = []
