@@ -23,6 +23,7 @@ from graphopt.channels.graph import Dim
 from graphopt.channels.surgery import resize
 from graphopt.errors import CaptureError
 from graphopt.report import Decline
+from graphopt.verify import EXACT_TOLERANCE, relative_error
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -150,7 +151,7 @@ def plan(unit_group: UnitGroup, picks: np.ndarray, unit_mix: np.ndarray) -> Plan
 def try_resize(gm, sources, mixes, inputs, compare: bool):
     """Resize a copy of ``gm`` and run it; ``(copy, None)`` or ``(None, why not)``.
 
-    With ``compare``, the outputs must equal ``gm``'s (relative 1e-5), as copying and merging
+    With ``compare``, the outputs must equal ``gm``'s (``EXACT_TOLERANCE``), as copying and merging
     exact duplicates promise.
     """
     candidate = copy.deepcopy(gm)
@@ -161,22 +162,15 @@ def try_resize(gm, sources, mixes, inputs, compare: bool):
         return None, f"the resized graph does not run: {str(exc).splitlines()[0][:200]}"
     if compare:
         error = relative_difference(gm, candidate, inputs)
-        if error > 1e-5:
+        if error > EXACT_TOLERANCE:
             return None, f"not function-preserving here (relative output change {error:.2e})"
     return candidate, None
 
 
 def relative_difference(a: nn.Module, b: nn.Module, inputs) -> float:
+    """``max|b(x) - a(x)| / max|a(x)|`` on the inputs (the pass manager's measure)."""
     with torch.no_grad():
-        out_a, out_b = _flat(a(*inputs)), _flat(b(*inputs))
-    scale = max(float(x.abs().max()) for x in out_a) or 1.0
-    return max(float((x - y).abs().max()) for x, y in zip(out_a, out_b, strict=True)) / scale
-
-
-def _flat(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    return [leaf for item in value for leaf in _flat(item)]
+        return relative_error(b(*inputs), a(*inputs))
 
 
 def _describe(group: ChannelGroup) -> str:

@@ -55,7 +55,7 @@ class Artifact:
         import tvm
 
         result = vm["main"](*(tvm.runtime.tensor(a, device) for a in arrays))
-        outputs = [_to_numpy(o) for o in _flatten(result)]
+        outputs = [o.numpy() for o in _flatten(result)]
         if as_torch:
             import torch
 
@@ -137,7 +137,3 @@ def _flatten(value) -> list:
     if hasattr(value, "numpy") or not hasattr(value, "__len__"):
         return [value]
     return [leaf for item in value for leaf in _flatten(item)]
-
-
-def _to_numpy(value) -> np.ndarray:
-    return value.numpy()
