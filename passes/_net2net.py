@@ -46,6 +46,14 @@ class UnitGroup:
     def layers(self) -> list[str]:
         return sorted({d.owner.rpartition(".")[0] for d in self.incoming})
 
+    @property
+    def name(self) -> str:
+        """The layers producing the units, as reports name the group."""
+        return ", ".join(self.layers())
+
+    def decline(self, reason: str) -> Decline:
+        return Decline(target=self.name, reason=reason)
+
 
 def unit_groups(gm: fx.GraphModule, selects) -> tuple[list[UnitGroup], list[Decline]]:
     """Groups the Net2Net passes can work on, and why the others are left alone."""

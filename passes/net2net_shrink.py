@@ -21,7 +21,6 @@ from graphopt.passes._net2net import (
     unit_groups,
 )
 from graphopt.passes._net2net_depth import shrink_depth
-from graphopt.report import Decline
 
 
 class Net2NetShrink(Pass):
@@ -64,7 +63,7 @@ class Net2NetShrink(Pass):
         touched, notes, merged = [], [], 0
         for unit_group in groups:
             if reason := self._too_few_samples(unit_group, activations):
-                declined.append(Decline(target=", ".join(unit_group.layers()), reason=reason))
+                declined.append(unit_group.decline(reason))
                 continue
             keep, factor = self._clusters(gm, unit_group, activations)
             if len(keep) == unit_group.units:
@@ -74,11 +73,11 @@ class Net2NetShrink(Pass):
                 gm, layout.sources, layout.mixes, ctx.example_inputs, compare=self.is_exact()
             )
             if candidate is None:
-                declined.append(Decline(target=", ".join(unit_group.layers()), reason=reason))
+                declined.append(unit_group.decline(reason))
                 continue
             gm, merged = candidate, merged + unit_group.units - len(keep)
             touched += unit_group.layers()
-            notes.append(f"{', '.join(unit_group.layers())}: {unit_group.units} → {len(keep)}")
+            notes.append(f"{unit_group.name}: {unit_group.units} → {len(keep)}")
         if self.depth:
             gm, depth_touched, depth_notes, depth_declined = shrink_depth(gm, self, ctx)
             touched += depth_touched

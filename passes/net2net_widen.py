@@ -47,7 +47,7 @@ class Net2NetWiden(Pass):
             n = unit_group.units
             wider = round(n * self.factor)
             if wider <= n:
-                notes.append(f"{', '.join(unit_group.layers())}: {n} units stay {n}")
+                notes.append(f"{unit_group.name}: {n} units stay {n}")
                 continue
             picks = np.concatenate([np.arange(n), rng.integers(0, n, wider - n)])
             layout = self._plan(unit_group, picks)
@@ -55,13 +55,13 @@ class Net2NetWiden(Pass):
                 gm, layout.sources, layout.mixes, ctx.example_inputs, compare=True
             )
             if candidate is None:
-                declined.append(self._decline(unit_group, reason))
+                declined.append(unit_group.decline(reason))
                 continue
             gm = candidate
             touched += unit_group.layers()
             if self.noise:
                 self._perturb(gm, unit_group, layout, n, rng)
-            notes.append(f"{', '.join(unit_group.layers())}: {n} → {wider} units")
+            notes.append(f"{unit_group.name}: {n} → {wider} units")
         report = self.report(bool(touched), sorted(set(touched)), declined, notes)
         report.metrics["groups_widened"] = float(len(notes))
         return PassResult(gm, bool(touched), report)
@@ -86,9 +86,3 @@ class Net2NetWiden(Pass):
                 noise = rng.standard_normal(rows.shape).astype(np.float32)
                 rows += self.noise * float(tensor.std()) * torch.from_numpy(noise)
                 tensor.index_copy_(d.axis, copies, rows)
-
-    @staticmethod
-    def _decline(unit_group: UnitGroup, reason: str):
-        from graphopt.report import Decline
-
-        return Decline(target=", ".join(unit_group.layers()), reason=reason)
