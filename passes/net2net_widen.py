@@ -42,7 +42,7 @@ class Net2NetWiden(Pass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         groups, declined = unit_groups(gm, self.selects)
         rng = np.random.default_rng(ctx.seed)
-        touched, notes = [], []
+        touched, notes, widened = [], [], 0
         for unit_group in groups:
             n = unit_group.units
             wider = round(n * self.factor)
@@ -62,8 +62,9 @@ class Net2NetWiden(Pass):
             if self.noise:
                 self._perturb(gm, unit_group, layout, n, rng)
             notes.append(f"{unit_group.name}: {n} → {wider} units")
+            widened += 1
         report = self.report(bool(touched), sorted(set(touched)), declined, notes)
-        report.metrics["groups_widened"] = float(len(notes))
+        report.metrics["groups_widened"] = float(widened)
         return PassResult(gm, bool(touched), report)
 
     def _plan(self, unit_group: UnitGroup, picks: np.ndarray) -> Plan:

@@ -248,3 +248,11 @@ def test_activations_need_enough_samples():
     report = result.report.passes[0]
     assert not report.modified
     assert any("only 2 activation samples" in d.reason for d in report.declined)
+
+
+def test_groups_too_small_to_grow_are_noted_not_counted():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    result = graphopt.optimize(model.eval(), torch.randn(2, 3), [Net2NetWiden(factor=1.1)])
+    report = result.report.passes[0]
+    assert "0: 4 units stay 4" in report.notes  # round(4 × 1.1) = 4
+    assert report.metrics["groups_widened"] == 1  # only the 16-unit group (→ 18)
