@@ -151,15 +151,15 @@ def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
     import tvm.s_tir.meta_schedule as ms
 
     budget = _budget(tuning, len(todo))
-    with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work:
-        with _intrinsics_for(tvm_target), _quiet_tvm_logs():
+    with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work, _quiet_tvm_logs():
+        with _intrinsics_for(tvm_target):
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, work, seed=tuning.seed
             )
         progress = TuningProgress([t.task_name for t in todo], budget, enabled=tuning.progress)
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), progress.callback()]
         try:
-            with progress, _quiet_tvm_logs():
+            with progress:
                 db = ms.tune_tasks(
                     tasks=contexts,
                     task_weights=weights,
