@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ def optimize(
     leaf_modules: Iterable[str] = (),
     leaf_types: Iterable[type[nn.Module]] = (),
     calibration_data: Iterable[Any] | None = None,
+    training_data: Iterable[Any] | None = None,
+    validation: Callable[[nn.Module], float] | None = None,
     seed: int = 0,
     observer: PassObserver | None = None,
 ) -> OptimizeResult:
@@ -51,6 +53,11 @@ def optimize(
     (e.g. a saved result) is taken as already captured. With a ``target``, the rewritten
     graph is compiled (see :func:`graphopt.compile`, which gets ``tuning``) and the artifact,
     whose manifest carries the report, is on ``result.artifact``.
+
+    Recovery passes read ``calibration_data`` (input batches, or ``(inputs, labels)`` batches
+    such as a DataLoader yields) and ``training_data`` (fine-tuning batches; default: the
+    calibration data); ``validation(model) -> score`` (higher is better) picks the checkpoint
+    a fine-tuning pass keeps.
     """
     manager = PassManager(passes, observer=observer)
     start = time.perf_counter()
@@ -58,7 +65,13 @@ def optimize(
     gm = _as_graph(model, inputs, leaf_modules, leaf_types)
     reference = propagate_shapes(gm, inputs)
     before = model_stats(gm)
-    ctx = PassContext(example_inputs=inputs, calibration_data=calibration_data, seed=seed)
+    ctx = PassContext(
+        example_inputs=inputs,
+        calibration_data=calibration_data,
+        training_data=training_data,
+        validation=validation,
+        seed=seed,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         result, reports = manager.run(gm, ctx, reference)

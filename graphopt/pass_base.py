@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -30,11 +30,16 @@ from graphopt.selectors import ModuleType, selects
 
 @dataclass(frozen=True)
 class PassContext:
-    """What a pass may read besides the graph: example inputs, calibration data, seed, history,
-    and the graph as it was before the first pass (the teacher of recovery passes)."""
+    """What a pass may read besides the graph: example inputs, calibration and training data, a
+    validation callback, seed, history, and the graph as it was before the first pass (the
+    teacher of recovery passes)."""
 
     example_inputs: tuple[torch.Tensor, ...]
     calibration_data: Iterable[Any] | None = None
+    training_data: Iterable[Any] | None = None
+    """Batches for fine-tuning passes (default: the calibration data)."""
+    validation: Callable[[nn.Module], float] | None = None
+    """Scores a model (higher is better); fine-tuning keeps the best-scoring checkpoint."""
     seed: int = 0
     history: tuple[str, ...] = field(default=())
     original: fx.GraphModule | None = None

@@ -8,6 +8,7 @@ from graphopt.passes.channel_pruning import ChannelPruning
 from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode
 from graphopt.passes.fold_batch_norm import FoldBatchNorm
+from graphopt.passes.knowledge_distillation import KnowledgeDistillation
 from graphopt.passes.layerwise_reconstruction import LayerwiseReconstruction
 from graphopt.passes.low_rank import LowRankFactorization
 from graphopt.passes.net2net_deepen import Net2NetDeepen
@@ -21,6 +22,7 @@ BUILTIN_PASSES = (
     DepthwiseSubstitution,
     EliminateDeadCode,
     FoldBatchNorm,
+    KnowledgeDistillation,
     LayerwiseReconstruction,
     LowRankFactorization,
     Net2NetDeepen,
@@ -36,6 +38,7 @@ __all__ = [
     "DepthwiseSubstitution",
     "EliminateDeadCode",
     "FoldBatchNorm",
+    "KnowledgeDistillation",
     "LayerwiseReconstruction",
     "LowRankFactorization",
     "Net2NetDeepen",
