@@ -20,7 +20,8 @@ class LayerwiseReconstruction(Pass):
 
     For every selected layer that exists under the same name in the graph before the first
     pass, with the same output width but other input width or other weights (the consumer of
-    pruned channels, typically), solve the ridge-regularised least squares problem
+    pruned channels, typically), and for the last layer of every chain that replaced a layer
+    (low-rank factors, depthwise ∘ pointwise: ``conv.1`` matches the original ``conv``), solve the ridge-regularised least squares problem
     ``min ‖[X 1]·[W; b] − Y‖² + λ·mean(diag XᵀX)·‖W‖²`` where X are the layer's inputs in the
     rewritten model and Y the original layer's outputs, on the same calibration batches (the
     idea of ThiNet and He et al. 2017). All layers are fit from one pass of each model over
@@ -55,26 +56,30 @@ class LayerwiseReconstruction(Pass):
         report.metrics["layers_refit"] = float(len(touched))
         return PassResult(gm, bool(touched), report)
 
-    def _targets(self, gm, original) -> tuple[list[str], list[Decline]]:
+    def _targets(self, gm, original) -> tuple[dict[str, str], list[Decline]]:
+        """Layers to refit, each mapped to the original layer whose output it must reproduce."""
         old_modules = dict(original.named_modules())
         order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
-        targets, declined = [], []
+        targets, declined = {}, []
         for name in dict.fromkeys(order):
-            module, old = gm.get_submodule(name), old_modules.get(name)
+            module = gm.get_submodule(name)
             if type(module) not in (nn.Conv2d, nn.Linear) or not self.selects(name, module):
                 continue
-            if old is None or type(old) is not type(module):
-                continue  # a new layer (e.g. a factorization): no original output to match
+            origin = _origin(gm, name, old_modules)
+            if origin is None:
+                continue  # no original output to match at this point
+            old = old_modules[origin]
             if isinstance(module, nn.Conv2d) and (
                 module.groups != 1 or module.padding_mode != "zeros"
             ):
                 declined.append(Decline(target=name, reason="grouped or non-zero-padded conv"))
             elif old.weight.shape[0] != module.weight.shape[0]:
                 declined.append(Decline(target=name, reason="output width changed"))
-            elif old.weight.shape != module.weight.shape or not torch.equal(
-                old.weight, module.weight
-            ):
-                targets.append(name)
+            elif folded := _folded_norm(original, gm, origin):
+                reason = f"BatchNorm {folded!r} was folded into it: the outputs differ by design"
+                declined.append(Decline(target=name, reason=reason))
+            elif origin != name or not _same_weights(old, module):
+                targets[name] = origin
         return targets, declined
 
     def _refit(self, module: nn.Module, xtx, xty, yty: float) -> tuple[float, float]:
@@ -92,13 +97,14 @@ class LayerwiseReconstruction(Pass):
                 module.bias.copy_(bias)
         return before, _error(_weights(module), xtx, xty, yty)
 
-    def _statistics(self, gm, original, names: list[str], batches) -> dict[str, tuple]:
+    def _statistics(self, gm, original, targets: dict[str, str], batches) -> dict[str, tuple]:
         """Per layer XᵀX, XᵀY, YᵀY (double) from one pass of each model over the batches.
 
         X (with a column of ones for the bias) is sampled in the rewritten model, Y at the same
         rows in the original; every layer sees the inputs of the rewritten model before any
         refit (one pass over the data, not one per layer).
         """
+        names = list(targets)
         per_batch = max(1, self.max_rows // len(batches))
         generator = torch.Generator().manual_seed(0)
         sampled: dict[str, list] = {n: [] for n in names}  # (rows of X, indices) per batch
@@ -128,8 +134,45 @@ class LayerwiseReconstruction(Pass):
 
             return hook
 
-        run_batches(original, batches, output_hooks={n: take_outputs(n) for n in names})
+        run_batches(original, batches, output_hooks={targets[n]: take_outputs(n) for n in names})
         return {n: tuple(sums[n]) for n in names}
+
+
+def _origin(gm: fx.GraphModule, name: str, old_modules: dict[str, nn.Module]) -> str | None:
+    """The original layer at the same point: the one of the same name and type, or, for the
+    last layer of a chain that replaced a layer (``conv`` → ``conv.0``, ``conv.1``; low-rank and
+    depthwise substitution), the replaced layer."""
+    old = old_modules.get(name)
+    if old is not None:
+        return name if type(old) is type(gm.get_submodule(name)) else None
+    parent, _, index = name.rpartition(".")
+    chain = gm.get_submodule(parent) if parent else None
+    replaced = old_modules.get(parent)
+    if (
+        isinstance(chain, nn.Sequential)
+        and index == str(len(chain) - 1)
+        and type(replaced) is type(gm.get_submodule(name))
+    ):
+        return parent
+    return None
+
+
+def _folded_norm(original: fx.GraphModule, gm: fx.GraphModule, origin: str) -> str | None:
+    """The BatchNorm after ``origin`` in the original graph that is gone from ``gm``, if any."""
+    norm_type = nn.modules.batchnorm._BatchNorm
+    present = dict(gm.named_modules())
+    for node in original.graph.find_nodes(op="call_module", target=origin):
+        for user in node.users:
+            if user.op != "call_module":
+                continue
+            is_norm = isinstance(original.get_submodule(user.target), norm_type)
+            if is_norm and not isinstance(present.get(user.target), norm_type):
+                return str(user.target)
+    return None
+
+
+def _same_weights(old: nn.Module, new: nn.Module) -> bool:
+    return old.weight.shape == new.weight.shape and torch.equal(old.weight, new.weight)
 
 
 def _output_rows(module: nn.Module, y: torch.Tensor) -> torch.Tensor:

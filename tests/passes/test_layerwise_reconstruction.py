@@ -8,7 +8,14 @@ from torch import nn
 
 import graphopt
 from graphopt.errors import ConfigError
-from graphopt.passes import BatchNormRecalibration, ChannelPruning, LayerwiseReconstruction
+from graphopt.passes import (
+    BatchNormRecalibration,
+    ChannelPruning,
+    DepthwiseSubstitution,
+    FoldBatchNorm,
+    LayerwiseReconstruction,
+    LowRankFactorization,
+)
 from tests.conftest import SHARED_DATA
 
 
@@ -20,10 +27,11 @@ def toy() -> nn.Module:
     ).eval()  # fmt: skip
 
 
-def layer_error(original, rewritten, name, x) -> float:
+def layer_error(original, rewritten, name, x, new_name=None) -> float:
+    """‖new − old‖/‖old‖ of the output at layer ``name`` (``new_name`` in the rewritten model)."""
     outputs = {}
-    for key, model in (("old", original), ("new", rewritten)):
-        handle = model.get_submodule(name).register_forward_hook(
+    for key, model, at in (("old", original, name), ("new", rewritten, new_name or name)):
+        handle = model.get_submodule(at).register_forward_hook(
             lambda m, a, out, _k=key: outputs.__setitem__(_k, out)
         )
         with torch.no_grad():
@@ -91,3 +99,40 @@ def test_recovery_after_pruning_resnet56():
     assert recovered.report.passes[2].metrics["layers_refit"] == 27  # every block's conv2
     # measured on the 10k test set: 53.79 one-shot, 85.89 recalibrated, 88.77 with refits
     assert top1(recovered.model, x, y) > top1(recalibrated, x, y)
+
+
+@pytest.mark.parametrize(
+    "lossy",
+    [
+        LowRankFactorization(energy=0.5, include=["2"]),
+        DepthwiseSubstitution(include=["2"]),
+    ],
+    ids=["low_rank", "depthwise"],
+)
+def test_the_last_layer_of_a_substituted_chain_is_refit_to_the_replaced_layer(lossy):
+    model = toy()
+    calibration = [torch.randn(16, 3, 6, 6) for _ in range(4)]
+    lossy_only = graphopt.optimize(model, calibration[0], [lossy]).model
+    assert isinstance(lossy_only.get_submodule("2"), nn.Sequential)
+    result = graphopt.optimize(
+        model, calibration[0], [lossy, LayerwiseReconstruction()], calibration_data=calibration
+    )
+    assert result.report.passes[1].touched == ["2.1"]
+    held_out = torch.randn(64, 3, 6, 6)
+    before = layer_error(model, lossy_only, "2", held_out, "2.1")
+    after = layer_error(model, result.model, "2", held_out, "2.1")
+    assert after < 0.9 * before, (before, after)
+
+
+def test_a_layer_with_a_folded_batch_norm_is_declined_not_refit():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    ).eval()
+    x = torch.randn(8, 3, 6, 6)
+    result = graphopt.optimize(
+        model, x, [FoldBatchNorm(), LayerwiseReconstruction()], calibration_data=[x]
+    )
+    report = result.report.passes[1]
+    assert not report.modified
+    assert [(d.target, "'1' was folded" in d.reason) for d in report.declined] == [("0", True)]
