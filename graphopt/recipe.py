@@ -51,19 +51,27 @@ class TorchvisionModel(_Strict):
         return torchvision.models.get_model(self.torchvision, weights=None, **self.kwargs)
 
 
-class PythonModel(_Strict):
-    """A factory ``package.module:function`` returning an ``nn.Module``."""
+class PythonFactory(_Strict):
+    """A factory ``package.module:function``, called with ``kwargs`` (modules next to the
+    recipe file are importable)."""
 
     python: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="'package.module:factory'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Factory arguments.")
 
-    def build(self, base: Path) -> nn.Module:
+    def call(self, base: Path) -> Any:
         module_name, _, attr = self.python.partition(":")
         with _on_sys_path(base):
             factory = importlib.import_module(module_name)
         for part in attr.split("."):
             factory = getattr(factory, part)
         return factory(**self.kwargs)
+
+
+class PythonModel(PythonFactory):
+    """A factory ``package.module:function`` returning an ``nn.Module``."""
+
+    def build(self, base: Path) -> nn.Module:
+        return self.call(base)
 
 
 class SavedGraphModule(_Strict):
@@ -146,6 +154,25 @@ class CompileOptions(_Strict):
     )
 
 
+class DataSources(_Strict):
+    """Data for recovery passes, each from a python factory."""
+
+    calibration: PythonFactory | None = Field(
+        default=None,
+        description="Returns an iterable of input batches or (inputs, labels) batches "
+        "(e.g. a DataLoader): BN recalibration, reconstruction, data-aware passes.",
+    )
+    training: PythonFactory | None = Field(
+        default=None,
+        description="Returns fine-tuning batches (knowledge distillation); default: calibration.",
+    )
+    validation: PythonFactory | None = Field(
+        default=None,
+        description="Returns a callable model → score (higher is better) that picks the "
+        "checkpoint fine-tuning keeps.",
+    )
+
+
 class Recipe(_Strict):
     """A whole optimization run, as written in a recipe file."""
 
@@ -154,6 +181,7 @@ class Recipe(_Strict):
     capture: CaptureOptions = Field(default_factory=CaptureOptions)
     passes: list[Pass] = Field(default_factory=list, description="Passes, in order.")
     compile: CompileOptions | None = None
+    data: DataSources = Field(default_factory=DataSources)
     output_dir: str = Field(default="out", description="Where results go (relative to the file).")
     seed: int = Field(default=0, description="Seed for example inputs and random choices.")
 

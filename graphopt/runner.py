@@ -18,6 +18,11 @@ def run_recipe(
     """Build the recipe's model (in its mode), and optimize it with the recipe's passes."""
     model = recipe.model.build(base_dir)
     model.train(recipe.capture.mode == "train")
+    sources = recipe.data
+    calibration, training, validation = (
+        factory.call(base_dir) if factory else None
+        for factory in (sources.calibration, sources.training, sources.validation)
+    )
     return optimize(
         model,
         recipe.example_inputs(),
@@ -26,6 +31,9 @@ def run_recipe(
         tuning=recipe.compile.tuning if recipe.compile else None,
         leaf_modules=recipe.capture.leaf_modules,
         leaf_types=recipe.capture.leaf_types,
+        calibration_data=calibration,
+        training_data=training,
+        validation=validation,
         seed=recipe.seed,
         observer=observer,
     )
