@@ -44,6 +44,7 @@ def optimize(
     calibration_data: Iterable[Any] | None = None,
     training_data: Iterable[Any] | None = None,
     validation: Callable[[nn.Module], float] | None = None,
+    original: nn.Module | None = None,
     seed: int = 0,
     observer: PassObserver | None = None,
 ) -> OptimizeResult:
@@ -57,7 +58,9 @@ def optimize(
     Recovery passes read ``calibration_data`` (input batches, or ``(inputs, labels)`` batches
     such as a DataLoader yields) and ``training_data`` (fine-tuning batches; default: the
     calibration data); ``validation(model) -> score`` (higher is better) picks the checkpoint
-    a fine-tuning pass keeps.
+    a fine-tuning pass keeps. ``original`` is what recovery passes reproduce (the teacher of
+    distillation, the layer outputs reconstruction matches); by default ``model`` itself, as
+    captured before the first pass. Give it when ``model`` was already compressed elsewhere.
     """
     manager = PassManager(passes, observer=observer)
     start = time.perf_counter()
@@ -71,6 +74,9 @@ def optimize(
         training_data=training_data,
         validation=validation,
         seed=seed,
+        original=None
+        if original is None
+        else _as_graph(original, inputs, leaf_modules, leaf_types),
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

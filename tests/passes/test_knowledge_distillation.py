@@ -126,3 +126,12 @@ def test_configuration_and_data_are_checked():
         graphopt.optimize(model, x, [epochs], training_data=iter(data()))
     result = graphopt.optimize(model, x, [epochs], training_data=data(batches=3))
     assert result.report.passes[0].metrics["steps"] == 3
+
+
+def test_a_model_compressed_elsewhere_distils_from_the_original_given():
+    model = toy()
+    pruned = graphopt.optimize(model, data()[0][0], [PRUNE]).model  # "another tool"
+    kd = KnowledgeDistillation(steps=100, lr=0.02, progress=False)
+    result = graphopt.optimize(pruned, data()[0][0], [kd], training_data=data(64), original=model)
+    held_out = torch.randn(256, 3, 6, 6, generator=torch.Generator().manual_seed(9))
+    assert kl_to(model, result.model, held_out) < 0.6 * kl_to(model, pruned, held_out)
