@@ -52,6 +52,7 @@ class Config:
     ratios: tuple[float, ...] = (1.5, 2.0, 3.0)
     methods: tuple[str, ...] = METHODS
     round_to: int = 8
+    tp_steps: int = 400  # Torch-Pruning's iterative steps: finer steps land closer to the MACs
     test_limit: int | None = None  # None: all 10k test images
     calibration: int = 512
     validation: int = 1000
@@ -120,7 +121,7 @@ def compress(method: str, ratio: float, model: nn.Module, example, data, cfg: Co
     from graphopt.passes import LowRankFactorization
 
     if method == "torch-pruning":
-        return torch_pruning(model, example, 1 - 1 / ratio, cfg.round_to)
+        return torch_pruning(model, example, 1 - 1 / ratio, cfg.round_to, cfg.tp_steps)
     if method == "graphopt pruning":
         passes = [_pruning(1 - 1 / ratio, cfg)]
     else:  # half of the MAC reduction (geometrically) from each
@@ -136,7 +137,7 @@ def _pruning(ratio: float, cfg: Config):
     return ChannelPruning(ratio=ratio, importance="l1", exclude=STREAM, round_to=cfg.round_to)
 
 
-def torch_pruning(model: nn.Module, example, ratio: float, round_to: int) -> nn.Module:
+def torch_pruning(model: nn.Module, example, ratio: float, round_to: int, steps: int):
     """Torch-Pruning's MetaPruner, group L1, global, block-inner channels, stepped to the MACs."""
     import torch_pruning as tp
 
@@ -151,11 +152,11 @@ def torch_pruning(model: nn.Module, example, ratio: float, round_to: int) -> nn.
         importance=tp.importance.GroupMagnitudeImportance(p=1),
         global_pruning=True,
         pruning_ratio=0.95,
-        iterative_steps=400,
+        iterative_steps=steps,
         ignored_layers=ignored,
         round_to=round_to,
     )
-    for _ in range(400):
+    for _ in range(steps):
         pruner.step()
         macs, _ = tp.utils.count_ops_and_params(model, example)
         if macs <= (1 - ratio) * base:

@@ -98,9 +98,10 @@ class KnowledgeDistillation(Pass):
         trained = [
             n for n, m in gm.named_modules() if next(m.parameters(recurse=False), None) is not None
         ]
-        report = self.report(True, trained, declined, notes)
+        changed = not trainer.scores or trainer.best[0] != 0  # step 0 kept: weights unchanged
+        report = self.report(changed, trained if changed else [], declined, notes)
         report.metrics.update(trainer.metrics(steps))
-        return PassResult(gm, True, report)
+        return PassResult(gm, changed, report)
 
     def _total_steps(self, data) -> int:
         if self.steps is not None:

@@ -33,6 +33,7 @@ def test_the_end_to_end_benchmark_runs_in_miniature(tmp_path):
         calibration=64,
         validation=32,
         steps=2,
+        tp_steps=100,
         batch_size=32,
         tuning=None,
         rounds=2,

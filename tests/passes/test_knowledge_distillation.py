@@ -98,6 +98,7 @@ def test_the_best_validated_checkpoint_is_kept():
     assert all(torch.equal(kept[k], v) for k, v in pruned.state_dict().items())
     assert calls == [False] * 4  # steps 0, 2, 4, 6; always scored in eval mode
     assert result.report.passes[1].metrics["best_step"] == 0
+    assert not result.report.passes[1].modified
 
 
 def test_labels_and_features_enter_the_loss_and_mismatched_features_are_declined():
