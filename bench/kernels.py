@@ -1,0 +1,75 @@
+"""Kernel report of resnet18, mobilenet_v2 and CIFAR ResNet-56 (BN folded) against the GEMM peak.
+
+For each model: every fused kernel's share of run time and GFLOP/s, with TVM's default schedule
+and with the tuning cache's schedule where the cache has one (nothing is tuned here: run
+bench/compile.py or bench/e2e_cifar.py first to fill the cache). The peak is a 2048² float32
+GEMM through PyTorch on 2 threads, measured in the same run.
+
+    python bench/kernels.py [--models resnet18 ...]
+
+Writes bench/results/kernels.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+
+def folded(name: str):
+    import graphopt
+    from bench.compile import build_model
+    from graphopt.passes import FoldBatchNorm
+
+    model, x = build_model(name)
+    return graphopt.optimize(model, x, [FoldBatchNorm()]).model, x
+
+
+def main() -> None:
+    from graphopt.compiler import Tuning
+    from graphopt.compiler.kernels import kernel_report, measure_gemm_peak
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet56", "resnet18", "mobilenet_v2"])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    peak = measure_gemm_peak(threads=2)
+    results = {"peak_gflops": peak, "models": {}}
+    lines = ["# Kernel report (bench/kernels.py)", "", f"Measured peak: {peak:.1f} GFLOP/s.", ""]
+    for name in args.models:
+        model, x = folded(name)
+        for label, tuning in (("default schedules", None), ("tuning cache", Tuning())):
+            report = kernel_report(model, x, tuning=tuning, peak_gflops=peak)
+            convs = [k for k in report.kernels if "conv2d" in k.name]
+            conv_time = sum(k.calls * k.ms for k in convs)
+            conv_rate = sum(k.calls * k.gflop for k in convs) / conv_time * 1e3 if convs else 0.0
+            results["models"].setdefault(name, {})[label] = {
+                **report.model_dump(mode="json"),
+                "conv_gflops": conv_rate,
+                "conv_peak_fraction": conv_rate / peak,
+            }
+            lines += [
+                f"## {name}, {label}",
+                "",
+                f"All conv kernels together: {conv_rate:.1f} GFLOP/s = "
+                f"{100 * conv_rate / peak:.0f} % of peak.",
+                "",
+                report.table(),
+                "",
+            ]
+            print(lines[-3], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "kernels.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "kernels.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

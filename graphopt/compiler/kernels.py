@@ -1,0 +1,165 @@
+"""Kernel report: each fused kernel's share of run time and its GFLOP/s against the machine's peak.
+
+The model is lowered exactly as :func:`graphopt.compile` lowers it, split into MetaSchedule's
+tasks (one fused kernel each, with how often the model calls it), and every kernel is built on
+its own, with the schedule the tuning cache has for it (else TVM's default), and timed on random
+inputs. FLOPs come from TVM's TIR estimate. The peak is a large single-precision GEMM through
+PyTorch (oneDNN/MKL) on the same threads: what this machine can do, not a datasheet number.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from graphopt.compiler.targets import resolve_target
+from graphopt.compiler.tuning import Tuning, target_cache_dir
+from graphopt.errors import CompileError
+from graphopt.frontend.fx import ExampleInputs, as_input_tuple
+
+
+class Kernel(BaseModel):
+    """One fused kernel (a tuning task)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="TVM's name for the fused kernel, e.g. fused_conv2d_add_relu.")
+    calls: int = Field(ge=1, description="Times the model calls it.")
+    ms: float = Field(ge=0, description="Median time of one call.")
+    share: float = Field(ge=0, le=1, description="Fraction of the summed kernel time.")
+    gflop: float = Field(ge=0, description="Floating-point work of one call (TIR estimate).")
+    gflops: float = Field(ge=0, description="Achieved GFLOP/s.")
+    peak_fraction: float = Field(ge=0, description="gflops / the measured peak.")
+    tuned: bool = Field(description="Ran the tuning cache's schedule (else TVM's default).")
+
+
+class KernelReport(BaseModel):
+    """Kernels sorted by their share of run time, with the peak they are measured against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    peak_gflops: float = Field(description="Measured single-precision GEMM GFLOP/s.")
+    total_ms: float = Field(description="Summed time of all kernel calls.")
+    kernels: list[Kernel]
+
+    def table(self) -> str:
+        """A markdown table, largest share first."""
+        lines = [
+            f"Peak (PyTorch GEMM): {self.peak_gflops:.1f} GFLOP/s; kernels sum to "
+            f"{self.total_ms:.3f} ms.",
+            "",
+            "| kernel | calls | ms/call | share | GFLOP/s | of peak | schedule |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k in self.kernels:
+            lines.append(
+                f"| {k.name} | {k.calls} | {k.ms:.4f} | {100 * k.share:.1f} % | {k.gflops:.1f} "
+                f"| {100 * k.peak_fraction:.0f} % | {'tuned' if k.tuned else 'default'} |"
+            )
+        return "\n".join(lines)
+
+
+def measure_gemm_peak(size: int = 2048, threads: int | None = None, repeats: int = 10) -> float:
+    """GFLOP/s of a ``size``² single-precision matrix product through PyTorch (best of runs)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+def kernel_report(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    target: str | dict = "llvm",
+    tuning: Tuning | None = None,
+    *,
+    peak_gflops: float | None = None,
+    repeats: int = 5,
+) -> KernelReport:
+    """Time every fused kernel of ``model`` as compiled for ``target`` (a CPU target).
+
+    With ``tuning``, kernels the cache has a record for run their tuned schedule (nothing is
+    tuned here); without, TVM's defaults (what an untuned compile runs).
+    """
+    import tvm.s_tir.meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from graphopt.compiler.build import _export, _lower
+
+    resolved = resolve_target(target)
+    if resolved.device != "cpu" or not resolved.can_measure_locally:
+        raise CompileError(
+            f"the kernel report times kernels on this host's CPU; target {resolved.name} "
+            "does not run here"
+        )
+    tvm_target = resolved.tvm()
+    program = _export(model.eval(), as_input_tuple(example_inputs))
+    mod, _ = _lower(program, resolved, None)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    cache = None
+    if tuning is not None:
+        cache = ms.database.JSONDatabase(
+            work_dir=str(target_cache_dir(tuning.cache_root(), resolved))
+        )
+    peak = peak_gflops or measure_gemm_peak(threads=resolved.spec.get("num-cores"))
+    rows = []
+    for task in tasks:
+        func = task.dispatched[0]
+        scheduled = cache.query_ir_module(func, tvm_target, task.task_name) if cache else None
+        seconds = _time_kernel(scheduled or func, tvm_target, repeats)
+        flop = float(estimate_tir_flops(func))
+        rows.append((task.task_name, int(task.weight), seconds, flop, scheduled is not None))
+    total = sum(calls * seconds for _, calls, seconds, _, _ in rows)
+    kernels = [
+        Kernel(
+            name=name,
+            calls=calls,
+            ms=seconds * 1e3,
+            share=calls * seconds / total if total else 0.0,
+            gflop=flop / 1e9,
+            gflops=flop / seconds / 1e9 if seconds else 0.0,
+            peak_fraction=flop / seconds / 1e9 / peak if seconds else 0.0,
+            tuned=tuned,
+        )
+        for name, calls, seconds, flop, tuned in rows
+    ]
+    kernels.sort(key=lambda k: -k.share)
+    return KernelReport(
+        target=resolved.name, peak_gflops=peak, total_ms=total * 1e3, kernels=kernels
+    )
+
+
+def _time_kernel(func_mod, tvm_target, repeats: int) -> float:
+    """Median seconds of one call of the module's ``main`` on random inputs."""
+    import tvm
+    import tvm.s_tir.meta_schedule as ms
+
+    runtime = tvm.compile(func_mod, target=tvm_target).jit()
+    generator = np.random.default_rng(0)
+    args = [
+        tvm.runtime.tensor(_random(generator, [int(d) for d in info.shape], info.dtype))
+        for info in ms.arg_info.ArgInfo.from_prim_func(func_mod["main"])
+    ]
+    timer = runtime.time_evaluator("main", tvm.cpu(), number=3, repeat=repeats, min_repeat_ms=20)
+    return float(timer(*args).median)
+
+
+def _random(generator, shape: list[int], dtype: str) -> np.ndarray:
+    if dtype.startswith("float"):
+        return generator.standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)  # indices: zero is always in range
