@@ -11,7 +11,7 @@ Latency, batch 1, 2 threads, interleaved in one timing run: PyTorch eager and ON
 original, and on every compressed model eager, ONNX Runtime and its graphopt artifact (TVM,
 tuned with MetaSchedule through graphopt's shared tuning cache).
 
-    python bench/e2e_cifar.py                  # all stages (about 1.5 h on 2 cores)
+    python bench/e2e_cifar.py                  # all stages (about 2.5 h on 2 cores, tuning most of it)
     python bench/e2e_cifar.py --stage tune     # tune the compressed architectures (cache)
     python bench/e2e_cifar.py --stage accuracy # compress + recover (resumable)
     python bench/e2e_cifar.py --stage latency  # compile final models, time, write results
@@ -56,7 +56,7 @@ class Config:
     test_limit: int | None = None  # None: all 10k test images
     calibration: int = 512
     validation: int = 1000
-    epochs: float = 2.0  # distillation over train20k minus the validation images
+    epochs: float = 1.0  # distillation over train20k minus the validation images
     steps: int | None = None  # overrides epochs (tests)
     batch_size: int = 128
     tuning: object = "default"  # a graphopt Tuning, None (untuned) or "default"

@@ -27,8 +27,14 @@ class RankRule:
 
     method: RankMethod
     value: float = 0.0
+    round_to: int = 1
+    """Ranks are rounded up to a multiple of this (capped at the full rank): vector-friendly."""
 
     def pick(self, s: np.ndarray, shape: tuple[int, int]) -> int:
+        rank = self._pick(s, shape)
+        return min(len(s), math.ceil(rank / self.round_to) * self.round_to)
+
+    def _pick(self, s: np.ndarray, shape: tuple[int, int]) -> int:
         full = len(s)
         if self.method == "rank":
             return max(1, min(int(self.value), full))

@@ -68,6 +68,11 @@ class LowRankFactorization(Pass):
         default=None, description="Rank that keeps this fraction of each layer's parameters."
     )
     ratio: Fraction | None = Field(default=None, description="Fraction of model MACs to remove.")
+    round_to: int = Field(
+        default=1,
+        ge=1,
+        description="Ranks rounded up to a multiple of this (e.g. the vector width).",
+    )
     whiten: bool = Field(default=False, description="Factor W·C^½ with calibration covariance C.")
     calibration_batches: int = Field(default=8, ge=1, description="Batches used by whiten.")
     require_savings: bool = Field(default=True, description="Only replace when MACs drop.")
@@ -157,10 +162,10 @@ class LowRankFactorization(Pass):
 
     def _rule(self, gm, candidates, covs) -> fz.RankRule:
         if self.rank_method == "vbmf":
-            return fz.RankRule("vbmf")
+            return fz.RankRule("vbmf", round_to=self.round_to)
         for field in _RULE_FIELDS:
             if getattr(self, field) is not None:
-                return fz.RankRule(field, getattr(self, field))
+                return fz.RankRule(field, getattr(self, field), self.round_to)
         return self._energy_for_macs(gm, candidates, covs)
 
     def _energy_for_macs(self, gm, candidates, covs) -> fz.RankRule:
@@ -169,7 +174,7 @@ class LowRankFactorization(Pass):
         target = (1 - self.ratio) * total
 
         def macs_at(energy: float) -> float:
-            rule = fz.RankRule("energy", energy)
+            rule = fz.RankRule("energy", energy, self.round_to)
             left = total
             for c in candidates:
                 modules = self._factorize(c.module, rule, covs.get(c.name))
@@ -181,7 +186,7 @@ class LowRankFactorization(Pass):
         for _ in range(18):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if macs_at(mid) <= target else (lo, mid)
-        return fz.RankRule("energy", lo)
+        return fz.RankRule("energy", lo, self.round_to)
 
     def _factorize(self, module: nn.Module, rule: fz.RankRule, cov) -> list[nn.Module] | None:
         w = module.weight.detach().double().numpy()

@@ -3,6 +3,7 @@ that grows as rank drops, declines with reasons, config validation, export."""
 
 from __future__ import annotations
 
+import numpy as np
 import pydantic
 import pytest
 import torch
@@ -251,3 +252,17 @@ def test_param_ratio_keeps_that_share_of_each_layers_parameters():
     first, second = result.model.get_submodule("fc.0"), result.model.get_submodule("fc.1")
     assert first.out_features == int(0.5 * 16 * 10 / 26)
     assert first.weight.numel() + second.weight.numel() <= 0.5 * 16 * 10
+
+
+@pytest.mark.parametrize("method,value", [("rank", 3), ("energy", 0.5), ("rank_ratio", 0.3)])
+def test_round_to_rounds_ranks_up_to_a_multiple_capped_at_full_rank(method, value):
+    s = np.linspace(5, 0.1, 16)
+    plain = RankRule(method, value).pick(s, (16, 16))
+    rounded = RankRule(method, value, round_to=8).pick(s, (16, 16))
+    assert rounded % 8 == 0 and plain <= rounded < plain + 8
+    assert RankRule("rank", 15, round_to=8).pick(s, (16, 16)) == 16  # capped at the full rank
+    result = graphopt.optimize(
+        model(), X, [LowRankFactorization(rank=3, round_to=4, require_savings=False)]
+    )
+    assert result.model.get_submodule("conv.0").out_channels == 4
+    assert result.model.get_submodule("fc.0").out_features == 4
