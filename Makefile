@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/low_rank.py
 	$(BIN)/python bench/net2net.py
 	$(BIN)/python bench/compile.py
+	$(BIN)/python bench/e2e_cifar.py
+	$(BIN)/python bench/kernels.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
