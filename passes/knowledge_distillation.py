@@ -51,6 +51,9 @@ class KnowledgeDistillation(Pass):
         default="cosine", description="After warm-up: cosine decay to 0, or constant."
     )
     warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up from lr/100.")
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Clip the gradients' global norm to this (None: no clipping)."
+    )
     temperature: Annotated[float, Field(gt=0, le=100)] = 4.0
     kd_weight: Weight = 1.0
     label_weight: Weight = Field(default=0.0, description="Cross-entropy on labels (needs them).")
@@ -161,6 +164,8 @@ class _Trainer:
                 loss = self._loss(*split_batch(batch))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 self.losses.append(float(loss.detach()))

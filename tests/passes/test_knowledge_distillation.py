@@ -136,3 +136,20 @@ def test_a_model_compressed_elsewhere_distils_from_the_original_given():
     result = graphopt.optimize(pruned, data()[0][0], [kd], training_data=data(64), original=model)
     held_out = torch.randn(256, 3, 6, 6, generator=torch.Generator().manual_seed(9))
     assert kl_to(model, result.model, held_out) < 0.6 * kl_to(model, pruned, held_out)
+
+
+def test_clipping_bounds_each_step_by_lr_times_max_grad_norm():
+    model = toy()
+    pruned = graphopt.optimize(model, data()[0][0], [PRUNE]).model
+    before = torch.cat([p.detach().flatten() for p in pruned.parameters()])
+
+    def moved(**clip) -> float:
+        kd = KnowledgeDistillation(
+            steps=3, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant",
+            progress=False, **clip,
+        )  # fmt: skip
+        after = torch.cat([p.detach().flatten() for p in distil(model, kd).model.parameters()])
+        return float((after - before).norm())
+
+    assert moved(max_grad_norm=1e-3) <= 3 * 0.1 * 1e-3 * (1 + 1e-4)
+    assert moved() > 10 * 3 * 0.1 * 1e-3
