@@ -46,6 +46,7 @@ def write_results(cfg, rows: list[dict], latency: dict, tuning: list[dict]) -> d
             "validation_images": cfg.validation,
             "distillation": {"epochs": cfg.epochs, "steps": cfg.steps, "batch": cfg.batch_size},
             "rounds": cfg.rounds,
+            "burst": cfg.burst,
         },
         "original": {
             "macs": base_macs,
@@ -81,15 +82,16 @@ def markdown(results: dict) -> str:
     original = results["original"]["latency_ms"]
     cfg = results["config"]
     kd = cfg["distillation"]
-    budget = f"{kd['steps']} steps" if kd["steps"] else f"{kd['epochs']:g} epochs"
+    budget = f"{kd['steps']} steps" if kd["steps"] else f"{kd['epochs']:g} epoch(s)"
     lines = [
         "# CIFAR-10 ResNet-56: compress → recover → compile (bench/e2e_cifar.py)",
         "",
         f"Top-1 on {cfg['test_images']:,} test images (original {BASELINE_TOP1} %). Distillation: "
         f"{budget} over train20k minus {cfg['validation_images']} validation images, batch "
         f"{kd['batch']}, SGD lr 0.003 cosine, T = 4, + label loss, best validated checkpoint. "
-        f"Channels rounded to {cfg['round_to']}. Latency: batch 1, 2 threads, median of "
-        f"{cfg['rounds']} interleaved rounds; original: eager {original['eager']:.2f} ms, "
+        f"Channels rounded to {cfg['round_to']}. Latency: batch 1, 2 threads, median over "
+        f"{cfg['rounds']} interleaved rounds of {cfg['burst']} calls each (the first call of a "
+        f"turn not counted); original: eager {original['eager']:.2f} ms, "
         f"eager BN-folded {original['eager (BN folded)']:.2f} ms, ONNX Runtime "
         f"{original['onnxruntime']:.2f} ms, graphopt artifact {original['graphopt']:.2f} ms.",
         "",

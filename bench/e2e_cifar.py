@@ -61,7 +61,8 @@ class Config:
     steps: int | None = None  # overrides epochs (tests)
     batch_size: int = 128
     tuning: object = "default"  # a graphopt Tuning, None (untuned) or "default"
-    rounds: int = 50
+    rounds: int = 30
+    burst: int = 5  # calls per turn; the first after a switch of runtime is not recorded
     scratch: Path = ROOT / "bench" / "scratch" / "e2e"
     out: Path = RESULTS
     progress: bool = True
@@ -354,7 +355,7 @@ def latency_stage(cfg: Config, rows: list[dict]) -> dict:
         contenders[f"{key} eager"] = _eager(model, example)
         contenders[f"{key} onnxruntime"] = _ort(model, example, cfg.scratch / f"{key}.onnx")
         contenders[f"{key} graphopt"] = lambda a=artifact: a(feed)
-    timings = time_interleaved(contenders, rounds=cfg.rounds)
+    timings = time_interleaved(contenders, rounds=cfg.rounds, burst=cfg.burst)
     return {
         "timings_ms": {k: t.median_ms for k, t in timings.items()},
         "p10_p90_ms": {k: [t.p10_ms, t.p90_ms] for k, t in timings.items()},

@@ -23,18 +23,29 @@ class Timing(BaseModel):
 
 
 def time_interleaved(
-    contenders: dict[str, Callable[[], Any]], *, rounds: int = 30, warmup: int = 3
+    contenders: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 30,
+    warmup: int = 3,
+    burst: int = 1,
 ) -> dict[str, Timing]:
-    """Time every contender ``rounds`` times, one call of each per round, after ``warmup``."""
+    """Time every contender ``rounds`` times, one turn of each per round, after ``warmup``.
+
+    With ``burst`` > 1 a turn is ``burst`` calls in a row and the first is not recorded: the
+    call right after another runtime's pays for that runtime's spinning worker threads
+    (ONNX Runtime, TVM and OpenMP all spin after a call), which is not the contender's cost.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            for call in range(burst):
+                start = time.perf_counter()
+                fn()
+                if burst == 1 or call > 0:
+                    samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: _summarise(values) for name, values in samples.items()}
 
 

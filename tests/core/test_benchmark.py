@@ -1,0 +1,15 @@
+"""time_interleaved: every contender runs in every round; bursts drop the first call of a turn."""
+
+from __future__ import annotations
+
+from graphopt.compiler.benchmark import time_interleaved
+
+
+def test_rounds_warmup_and_bursts_are_counted():
+    calls = {"a": 0, "b": 0}
+    contenders = {k: (lambda _k=k: calls.__setitem__(_k, calls[_k] + 1)) for k in calls}
+    single = time_interleaved(contenders, rounds=4, warmup=2)
+    assert calls == {"a": 6, "b": 6} and single["a"].rounds == 4
+    burst = time_interleaved(contenders, rounds=4, warmup=0, burst=3)
+    assert calls == {"a": 18, "b": 18} and burst["b"].rounds == 4 * 2
+    assert burst["a"].p10_ms <= burst["a"].median_ms <= burst["a"].p90_ms
