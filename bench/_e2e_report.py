@@ -155,7 +155,8 @@ def plot(results: dict, path: Path) -> None:
                 fillstyle="none")  # fmt: skip
     ax.axhline(DEPGRAPH["top1"], color="grey", linestyle=":", linewidth=1,
                label=f"DepGraph {DEPGRAPH['macs_ratio']}× (GPU training)")  # fmt: skip
-    ax.set_xlabel("latency, batch 1, 2 threads (ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, batch 1, 2 threads (ms, log scale)")
     ax.set_ylabel("top-1 on CIFAR-10 test (%)")
     ax.set_title("ResNet-56: top-1 against measured latency")
     ax.grid(alpha=0.3)
