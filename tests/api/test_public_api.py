@@ -53,7 +53,10 @@ SIGNATURES = {
     "passes: 'Sequence[Pass]' = (), target: 'str | dict | None' = None, *, "
     f"tuning: 'Tuning | None' = {TUNING_DEFAULT}, "
     "leaf_modules: 'Iterable[str]' = (), leaf_types: 'Iterable[type[nn.Module]]' = (), "
-    "calibration_data: 'Iterable[Any] | None' = None, seed: 'int' = 0, "
+    "calibration_data: 'Iterable[Any] | None' = None, "
+    "training_data: 'Iterable[Any] | None' = None, "
+    "validation: 'Callable[[nn.Module], float] | None' = None, "
+    "original: 'nn.Module | None' = None, seed: 'int' = 0, "
     "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
     "capture": "(model: 'nn.Module | str | Path', example_inputs: 'ExampleInputs | None' = None, "
     "*, leaf_modules: 'Iterable[str]' = (), "
@@ -82,6 +85,8 @@ def test_pass_result_and_context_fields_are_stable():
     assert list(graphopt.PassContext.__dataclass_fields__) == [
         "example_inputs",
         "calibration_data",
+        "training_data",
+        "validation",
         "seed",
         "history",
         "original",
