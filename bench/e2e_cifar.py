@@ -374,13 +374,11 @@ def _eager(model: nn.Module, example):
 
 
 def _ort(model: nn.Module, example, path: Path):
-    import onnxruntime as ort
+    from bench.compile import ort_session
 
     torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, input_names=["x"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"x": example.numpy()}
+    session, name = ort_session(path)
+    feed = {name: example.numpy()}
     return lambda: session.run(None, feed)
 
 

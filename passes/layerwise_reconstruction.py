@@ -58,7 +58,7 @@ class LayerwiseReconstruction(Pass):
 
     def _targets(self, gm, original) -> tuple[dict[str, str], list[Decline]]:
         """Layers to refit, each mapped to the original layer whose output it must reproduce."""
-        old_modules = dict(original.named_modules())
+        old_modules, present = dict(original.named_modules()), dict(gm.named_modules())
         order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
         targets, declined = {}, []
         for name in dict.fromkeys(order):
@@ -75,7 +75,7 @@ class LayerwiseReconstruction(Pass):
                 declined.append(Decline(target=name, reason="grouped or non-zero-padded conv"))
             elif old.weight.shape[0] != module.weight.shape[0]:
                 declined.append(Decline(target=name, reason="output width changed"))
-            elif folded := _folded_norm(original, gm, origin):
+            elif folded := _folded_norm(original, present, origin):
                 reason = f"BatchNorm {folded!r} was folded into it: the outputs differ by design"
                 declined.append(Decline(target=name, reason=reason))
             elif origin != name or not _same_weights(old, module):
@@ -157,10 +157,12 @@ def _origin(gm: fx.GraphModule, name: str, old_modules: dict[str, nn.Module]) ->
     return None
 
 
-def _folded_norm(original: fx.GraphModule, gm: fx.GraphModule, origin: str) -> str | None:
-    """The BatchNorm after ``origin`` in the original graph that is gone from ``gm``, if any."""
+def _folded_norm(
+    original: fx.GraphModule, present: dict[str, nn.Module], origin: str
+) -> str | None:
+    """The BatchNorm after ``origin`` in the original graph that is not among the rewritten
+    graph's modules (``present``), if any."""
     norm_type = nn.modules.batchnorm._BatchNorm
-    present = dict(gm.named_modules())
     for node in original.graph.find_nodes(op="call_module", target=origin):
         for user in node.users:
             if user.op != "call_module":

@@ -9,6 +9,7 @@ PyTorch (oneDNN/MKL) on the same threads: what this machine can do, not a datash
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from graphopt.compiler.targets import resolve_target
-from graphopt.compiler.tuning import Tuning, target_cache_dir
+from graphopt.compiler.tuning import Tuning, _locked, _open, target_cache_dir
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
 
@@ -108,14 +109,14 @@ def kernel_report(
             "does not run here"
         )
     tvm_target = resolved.tvm()
-    program = _export(model.eval(), as_input_tuple(example_inputs))
+    program = _export(copy.deepcopy(model).eval(), as_input_tuple(example_inputs))
     mod, _ = _lower(program, resolved, None)
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
     cache = None
     if tuning is not None:
-        cache = ms.database.JSONDatabase(
-            work_dir=str(target_cache_dir(tuning.cache_root(), resolved))
-        )
+        db_dir = target_cache_dir(tuning.cache_root(), resolved)
+        with _locked(db_dir):  # read whole, under the lock tuners write with
+            cache = _open(db_dir)
     peak = peak_gflops or measure_gemm_peak(threads=resolved.spec.get("num-cores"))
     rows = []
     for task in tasks:
@@ -125,19 +126,21 @@ def kernel_report(
         flop = float(estimate_tir_flops(func))
         rows.append((task.task_name, int(task.weight), seconds, flop, scheduled is not None))
     total = sum(calls * seconds for _, calls, seconds, _, _ in rows)
-    kernels = [
-        Kernel(
-            name=name,
-            calls=calls,
-            ms=seconds * 1e3,
-            share=calls * seconds / total if total else 0.0,
-            gflop=flop / 1e9,
-            gflops=flop / seconds / 1e9 if seconds else 0.0,
-            peak_fraction=flop / seconds / 1e9 / peak if seconds else 0.0,
-            tuned=tuned,
+    kernels = []
+    for name, calls, seconds, flop, tuned in rows:
+        gflops = flop / seconds / 1e9 if seconds else 0.0
+        kernels.append(
+            Kernel(
+                name=name,
+                calls=calls,
+                ms=seconds * 1e3,
+                share=calls * seconds / total if total else 0.0,
+                gflop=flop / 1e9,
+                gflops=gflops,
+                peak_fraction=gflops / peak,
+                tuned=tuned,
+            )
         )
-        for name, calls, seconds, flop, tuned in rows
-    ]
     kernels.sort(key=lambda k: -k.share)
     return KernelReport(
         target=resolved.name, peak_gflops=peak, total_ms=total * 1e3, kernels=kernels
