@@ -46,7 +46,9 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     """Compile ``model`` for ``target`` into an :class:`Artifact` (``model`` is not changed).
 
     ``tuning=None`` compiles without tuning and without reading the tuning cache;
-    ``Tuning(trials=0)`` tunes nothing new but applies what the cache already knows.
+    ``Tuning(trials=0)`` tunes nothing new but applies what the cache already knows. On CPU
+    targets every kernel without a tuned record runs graphopt's default schedule
+    (:mod:`graphopt.compiler.schedules`).
     """
     start = time.perf_counter()
     resolved = resolve_target(target)
@@ -74,8 +76,9 @@ def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
         ) from exc
 
 
-def _lower(program, target: ResolvedTarget, tuning: Tuning | None):
-    """Relax module with schedules applied: tuned (and cached) ones, else TVM's defaults."""
+def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: bool = True):
+    """Relax module with schedules applied: tuned (and cached) ones, else graphopt's defaults
+    (``defaults=False``: TVM's, i.e. none on CPU)."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -93,9 +96,31 @@ def _lower(program, target: ResolvedTarget, tuning: Tuning | None):
     ]
     with target.tvm():
         mod = tvm.transform.Sequential(prefix)(mod)
-    if tuning is None:
-        return mod, None
-    return tune_and_apply(mod, target, tuning)
+    summary = None
+    if tuning is not None:
+        mod, summary = tune_and_apply(mod, target, tuning)
+    if defaults and target.device == "cpu":
+        mod = with_default_schedules(mod, target)
+    return mod, summary
+
+
+def with_default_schedules(mod, target: ResolvedTarget):
+    """graphopt's CPU schedules for every kernel the tuning cache did not schedule; constant
+    weights they read in a packed layout are repacked once, here, at compile time."""
+    import tvm
+    from tvm import relax
+
+    from graphopt.compiler.schedules import default_schedules
+
+    passes = [
+        relax.transform.AttachAttrLayoutFreeBuffers(),
+        default_schedules(),
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),  # the repacking kernels, now folded away
+    ]
+    with target.tvm():
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def _gpu_tunable(target: ResolvedTarget, tuning: Tuning) -> bool:

@@ -1,9 +1,9 @@
 """Kernel report: each fused kernel's share of run time and its GFLOP/s against the machine's peak.
 
-The model is lowered exactly as :func:`graphopt.compile` lowers it, split into MetaSchedule's
-tasks (one fused kernel each, with how often the model calls it), and every kernel is built on
-its own, with the schedule the tuning cache has for it (else TVM's default), and timed on random
-inputs. FLOPs come from TVM's TIR estimate. The peak is a large single-precision GEMM through
+The model is lowered exactly as :func:`graphopt.compile` lowers it (the tuning cache's schedules
+where it has them, graphopt's default schedules elsewhere, weights repacked at compile time) and
+every fused kernel the model calls is built on its own and timed on random inputs, with how
+often the model calls it. FLOPs come from TVM's TIR estimate. The peak is a large single-precision GEMM through
 PyTorch (oneDNN/MKL) on the same threads: what this machine can do, not a datasheet number.
 """
 
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED
 from graphopt.compiler.targets import resolve_target
-from graphopt.compiler.tuning import Tuning, _locked, _open, target_cache_dir
+from graphopt.compiler.tuning import Tuning
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
 
@@ -35,7 +37,10 @@ class Kernel(BaseModel):
     gflop: float = Field(ge=0, description="Floating-point work of one call (TIR estimate).")
     gflops: float = Field(ge=0, description="Achieved GFLOP/s.")
     peak_fraction: float = Field(ge=0, description="gflops / the measured peak.")
-    tuned: bool = Field(description="Ran the tuning cache's schedule (else TVM's default).")
+    schedule: Literal["tuned", "default", "none"] = Field(
+        description="The tuning cache's schedule, graphopt's default one, or none (TVM's "
+        "serial loops: a kernel no rule could schedule)."
+    )
 
 
 class KernelReport(BaseModel):
@@ -60,7 +65,7 @@ class KernelReport(BaseModel):
         for k in self.kernels:
             lines.append(
                 f"| {k.name} | {k.calls} | {k.ms:.4f} | {100 * k.share:.1f} % | {k.gflops:.1f} "
-                f"| {100 * k.peak_fraction:.0f} % | {'tuned' if k.tuned else 'default'} |"
+                f"| {100 * k.peak_fraction:.0f} % | {k.schedule} |"
             )
         return "\n".join(lines)
 
@@ -95,9 +100,9 @@ def kernel_report(
     """Time every fused kernel of ``model`` as compiled for ``target`` (a CPU target).
 
     With ``tuning``, kernels the cache has a record for run their tuned schedule (nothing is
-    tuned here); without, TVM's defaults (what an untuned compile runs).
+    tuned here); the others, and all of them without ``tuning``, graphopt's default schedules.
     """
-    import tvm.s_tir.meta_schedule as ms
+    import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
     from graphopt.compiler.build import _export, _lower
@@ -108,26 +113,41 @@ def kernel_report(
             f"the kernel report times kernels on this host's CPU; target {resolved.name} "
             "does not run here"
         )
-    tvm_target = resolved.tvm()
     program = _export(copy.deepcopy(model).eval(), as_input_tuple(example_inputs))
-    mod, _ = _lower(program, resolved, None)
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    cache = None
-    if tuning is not None:
-        db_dir = target_cache_dir(tuning.cache_root(), resolved)
-        with _locked(db_dir):  # read whole, under the lock tuners write with
-            cache = _open(db_dir)
+    apply_only = tuning.model_copy(update={"trials": 0}) if tuning is not None else None
+    mod, _ = _lower(program, resolved, apply_only)
     peak = peak_gflops or measure_gemm_peak(threads=resolved.spec.get("num-cores"))
     rows = []
-    for task in tasks:
-        func = task.dispatched[0]
-        scheduled = cache.query_ir_module(func, tvm_target, task.task_name) if cache else None
-        seconds = _time_kernel(scheduled or func, tvm_target, repeats)
-        flop = float(estimate_tir_flops(func))
-        rows.append((task.task_name, int(task.weight), seconds, flop, scheduled is not None))
+    for name, func, calls in _called_kernels(mod):
+        kernel = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        seconds = _time_kernel(kernel, resolved.tvm(), repeats)
+        attrs = func.attrs or {}
+        schedule = (
+            "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
+        )
+        rows.append((name, calls, seconds, float(estimate_tir_flops(kernel)), schedule))
+    return _report(resolved.name, peak, rows)
+
+
+def _called_kernels(mod):
+    """(name, PrimFunc, calls) of every kernel ``main`` calls; a kernel whose weights were
+    repacked keeps its task's name."""
+    import tvm
+
+    text = mod["main"].script()
+    for gv, func in mod.functions_items():
+        calls = text.count(f"R.call_tir({gv.name_hint},")
+        if isinstance(func, tvm.tirx.PrimFunc) and calls:
+            yield gv.name_hint.removesuffix(_PREPACKED), func, calls
+
+
+_PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix
+
+
+def _report(target: str, peak: float, rows) -> KernelReport:
     total = sum(calls * seconds for _, calls, seconds, _, _ in rows)
     kernels = []
-    for name, calls, seconds, flop, tuned in rows:
+    for name, calls, seconds, flop, schedule in rows:
         gflops = flop / seconds / 1e9 if seconds else 0.0
         kernels.append(
             Kernel(
@@ -138,13 +158,11 @@ def kernel_report(
                 gflop=flop / 1e9,
                 gflops=gflops,
                 peak_fraction=gflops / peak,
-                tuned=tuned,
+                schedule=schedule,
             )
         )
     kernels.sort(key=lambda k: -k.share)
-    return KernelReport(
-        target=resolved.name, peak_gflops=peak, total_ms=total * 1e3, kernels=kernels
-    )
+    return KernelReport(target=target, peak_gflops=peak, total_ms=total * 1e3, kernels=kernels)
 
 
 def _time_kernel(func_mod, tvm_target, repeats: int) -> float:

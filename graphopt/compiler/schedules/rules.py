@@ -1,0 +1,235 @@
+"""The schedule rules: reduction kernels get a register tile, injective kernels vectors.
+
+Both are ``dlight`` rules: ``apply`` returns a schedule, or None to leave the kernel to TVM's
+default (a kernel they cannot schedule is never scheduled wrongly: TVM's schedule primitives
+check every step and a failed step declines the whole kernel).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_sblock_info
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.dlight.base.common_schedules import try_inline
+
+from graphopt.compiler.schedules.tiles import (
+    PACK,
+    Tile,
+    _const,
+    _expr_vars,
+    choose_tile,
+    lanes,
+    registers,
+    vector_lanes,
+)
+
+# what a schedule step raises when it rejects a kernel (TVM's checks) or finds no buffer
+_DECLINED = (s_tir.ScheduleError, RuntimeError, ValueError, StopIteration)
+
+
+class _CPURule(ScheduleRule):
+    """Declines non-LLVM targets and any kernel a schedule step rejects."""
+
+    def apply(self, func, target, tunable):
+        if target.kind.name != "llvm" or not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            return sch if self.schedule(sch, target) else None
+        except _DECLINED:
+            return None
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+class ReductionRule(_CPURule):
+    """One reduction block, injective producers (padding), element-wise epilogue → tile."""
+
+    def schedule(self, sch, target) -> bool:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        infos = [get_sblock_info(sch, b) for b in blocks]
+        mains = [i for i in infos if i.is_reduction()]
+        if len(mains) != 1 or any(i.dom_kind().strip("S") for i in infos if i is not mains[0]):
+            return False
+        main = mains[0]
+        kinds = main.dom_kind()
+        spatial = kinds.count("S")
+        extents = [_const(i.dom) for i in main.iters[:spatial]]
+        if spatial == 0 or kinds != "S" * spatial + "R" * (len(kinds) - spatial):
+            return False
+        if any(e is None for e in extents):
+            return False  # symbolic shapes
+        producers = _producers(sch, blocks, main.block_rv)
+        width = lanes(target)
+        tile = choose_tile(
+            sch.get(main.block_rv),
+            extents,
+            width,
+            registers(target),
+            constants=_layout_free_buffers(sch),
+            intermediates={sch.get(b).writes[0].source.name for b in producers},
+        )
+        _apply_layouts(sch, main.block_rv, tile, producers)
+        _tile_reduction(sch, main.block_rv, tile, spatial, width)
+        for producer in producers:
+            schedule_injective_block(sch, producer, width)
+        return True
+
+
+def _producers(sch, blocks, main) -> list:
+    """The blocks before the reduction (padding), which it reads."""
+    out = []
+    for b in blocks:
+        if sch.get(b).same_as(sch.get(main)):
+            return out
+        out.append(b)
+    return out
+
+
+def _layout_free_buffers(sch) -> set[str]:
+    """Parameters the caller passes constants for (``AttachAttrLayoutFreeBuffers``)."""
+    func = sch.mod["main"]
+    indices = func.attrs.get("layout_free_buffers", []) if func.attrs else []
+    return {func.params[int(i)].name for i in indices}
+
+
+def _apply_layouts(sch, block, tile: Tile, producers) -> None:
+    var = sch.get(block).iter_vars[tile.vector_loop].var
+    for name, how in tile.layouts:
+        if how == PACK:
+            _pack(sch, block, name, var, tile.lanes)
+        else:
+            _relayout(sch, block, name, var, producers)
+
+
+def _pack(sch, block, name: str, var, lanes_: int) -> None:
+    """Read the constant ``name`` in a layout whose ``var`` dimension is split into
+    ``(outer, …, lanes)``, lanes innermost. The copy is marked as a layout rewrite:
+    ``SplitLayoutRewritePreproc`` moves it out of the kernel and ``FoldConstant`` runs it once,
+    at compile time."""
+    index, d = _read_dim(sch, block, name, var)
+    copy = sch.cache_read(block, index, "global")
+    sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", True)
+    ndim = len(sch.get(block).reads[index].region)
+
+    def layout(*axes):
+        return [*axes[:d], axes[d] // lanes_, *axes[d + 1 :], axes[d] % lanes_]
+
+    written = sch.get(copy).writes[0].source.name
+    position = _read_dim(sch, block, written, None)[0]
+    sch.transform_layout(block, ("read", position), tirx.IndexMap.from_func(layout, ndim=ndim))
+
+
+def _relayout(sch, block, name: str, var, producers) -> None:
+    """Move the ``var`` dimension of the in-kernel intermediate ``name`` innermost, and iterate
+    its producer in the new order so that it writes contiguously."""
+    index, d = _read_dim(sch, block, name, var)
+    ndim = len(sch.get(block).reads[index].region)
+    sch.transform_layout(block, ("read", index), tirx.IndexMap.from_func(_last(d), ndim=ndim))
+    producer = next(p for p in producers if sch.get(p).writes[0].source.name == name)
+    loops = sch.get_loops(producer)
+    if len(loops) == ndim:
+        sch.reorder(*loops[:d], *loops[d + 1 :], loops[d])
+
+
+def _last(d: int):
+    def layout(*axes):
+        return [*axes[:d], *axes[d + 1 :], axes[d]]
+
+    return layout
+
+
+def _read_dim(sch, block, name: str, var) -> tuple[int, int | None]:
+    """(index among the block's reads, dimension ``var`` indexes) of buffer ``name``."""
+    reads = sch.get(block).reads
+    index = next(i for i, r in enumerate(reads) if r.source.name == name)
+    if var is None:
+        return index, None
+    dims = [r.min for r in reads[index].region]
+    return index, next(k for k, e in enumerate(dims) if var in _expr_vars(e))
+
+
+def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int) -> None:
+    """outer (parallel) × reduction × [rows (unrolled) × groups (unrolled) × lanes (vector)];
+    the accumulator stays local, the epilogue runs on the tile as it is written back."""
+    loops = sch.get_loops(block)
+    space, reduce = list(loops[:spatial]), list(loops[spatial:])
+    v_outer, v_group, v_lane = sch.split(space[tile.vector_loop], [None, tile.groups, tile.lanes])
+    outer = [v_outer if i == tile.vector_loop else space[i] for i in range(spatial)]
+    inner = [v_group, v_lane]
+    if tile.register_loop is not None:
+        r_outer, r_inner = sch.split(space[tile.register_loop], [None, tile.rows])
+        outer[tile.register_loop] = r_outer
+        inner.insert(0, r_inner)
+    sch.reorder(*outer, *reduce, *inner)
+    accumulator = sch.cache_write(block, 0, "local")
+    if tile.vector_loop != spatial - 1:  # the accumulator's vectors contiguous too
+        sch.transform_layout(
+            block, ("write", 0), tirx.IndexMap.from_func(_last(tile.vector_loop), ndim=spatial)
+        )
+    epilogue = _inline_epilogue(sch, accumulator)
+    sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
+    # loop annotations need a complete reduction block: before the split into init and update
+    sch.parallel(sch.fuse(*outer))
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    sch.vectorize(inner[-1])
+    init = sch.decompose_reduction(block, reduce[0] if reduce else inner[0])
+    for b in (init, epilogue):
+        _vectorize_tile(sch, sch.get_loops(b)[1:], width)
+
+
+def _inline_epilogue(sch, writeback):
+    """Fold the element-wise consumers of the accumulator's write-back into it."""
+    while True:
+        consumers = sch.get_consumers(writeback)
+        if len(consumers) != 1:
+            return writeback
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:  # not element-wise: it stays a loop of its own
+            return writeback
+
+
+def _vectorize_tile(sch, loops, width: int) -> None:
+    """Unroll a tile's loops and vectorise the innermost where it fills vectors."""
+    if not loops:
+        return
+    for loop in loops[:-1]:
+        sch.unroll(loop)
+    extent = _const(sch.get(loops[-1]).extent) or 1
+    lanes_ = vector_lanes(extent, width)
+    if lanes_ == 1:
+        sch.unroll(loops[-1])
+        return
+    vector = loops[-1] if lanes_ == extent else sch.split(loops[-1], [None, lanes_])[1]
+    sch.vectorize(vector)
+
+
+# ---------------------------------------------------------------------------- injective
+
+
+class InjectiveRule(_CPURule):
+    """Only spatial blocks: inline what can be, vectorise and parallelise what remains."""
+
+    def schedule(self, sch, target) -> bool:
+        infos = [get_sblock_info(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+        if not infos or any(i.dom_kind().strip("S") for i in infos):
+            return False
+        for info in try_inline(sch, infos):
+            schedule_injective_block(sch, info.block_rv, lanes(target))
+        return True
+
+
+def schedule_injective_block(sch, block, width: int) -> None:
+    """Vectorise the innermost loop (the part that fills vectors), parallelise the others."""
+    loops = sch.get_loops(block)
+    extents = [_const(sch.get(loop).extent) for loop in loops]
+    if not loops or any(e is None for e in extents):
+        return
+    lanes_ = vector_lanes(extents[-1], width)
+    if lanes_ > 1:
+        sch.vectorize(sch.split(loops[-1], [None, lanes_])[1])
+        loops = sch.get_loops(block)[:-1]
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])

@@ -1,0 +1,207 @@
+"""graphopt's default CPU schedules: the tile decisions, what the scheduled kernels look like, and
+numbers equal to PyTorch on hypothesis-drawn convolutions, matmuls and pools (odd channel counts,
+strides, groups, depthwise, dilation, fused epilogues) — a fast kernel is never a wrong one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from graphopt.compiler.schedules import SCHEDULE_ATTR
+from graphopt.compiler.schedules.tiles import register_shape, vector_lanes
+
+pytestmark = pytest.mark.tvm
+
+
+# ------------------------------------------------------------------------- decisions
+
+
+def test_vector_lanes_are_the_largest_power_of_two_dividing_the_extent():
+    assert vector_lanes(56, 16) == 8
+    assert vector_lanes(64, 16) == 16
+    assert vector_lanes(7, 16) == 1
+    assert vector_lanes(96, 4) == 4
+
+
+@pytest.mark.parametrize("groups_max,rows_max,budget", [(8, 28, 24), (1, 7, 24), (32, 7, 12)])
+def test_register_tile_divides_its_loops_and_fits_the_registers(groups_max, rows_max, budget):
+    groups, rows = register_shape(groups_max, rows_max, budget)
+    assert groups_max % groups == 0 and rows_max % rows == 0
+    assert groups * rows <= budget
+    # no other fitting tile does more multiply-adds per load
+    assert all(
+        g * r / (g + r) <= groups * rows / (groups + rows) + 1e-12
+        for g in range(1, groups_max + 1)
+        for r in range(1, rows_max + 1)
+        if groups_max % g == 0 and rows_max % r == 0 and g * r <= budget
+    )
+
+
+# -------------------------------------------------------------------------- structure
+
+
+def lowered(model: nn.Module, x: torch.Tensor):
+    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.targets import resolve_target
+
+    mod, _ = _lower(_export(model.eval(), (x,)), resolve_target("llvm"), None)
+    return mod
+
+
+def kernels(mod) -> dict:
+    import tvm
+
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_every_kernel_of_a_cnn_gets_a_default_schedule_and_weights_are_packed_at_compile_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    mod = lowered(model, torch.randn(1, 3, 12, 12))
+    found = kernels(mod)
+    assert found and all(SCHEDULE_ATTR in (f.attrs or {}) for f in found.values())
+    conv = next(f.script() for name, f in found.items() if name.startswith("fused_conv2d_"))
+    assert "T.parallel" in conv and "T.vectorized" in conv
+    # the regular conv reads its weights repacked along output channels; the repacking ran once
+    assert any(name.endswith("_prepacked") for name in found)
+    assert not any("weight_prepack" in name for name in found)
+    assert "weight_prepack" not in mod["main"].script()
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def run_compiled(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    from graphopt.compiler.targets import resolve_target
+
+    executable = tvm.compile(lowered(model, x), target=resolve_target("llvm").tvm())
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+class ConvBlock(nn.Module):
+    """conv → (BN) → activation (→ + residual), the epilogues the schedules fuse."""
+
+    def __init__(self, cin, cout, kernel, stride, groups, dilation, act, residual, norm):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding=dilation * (kernel // 2),
+            groups=groups,
+            dilation=dilation,
+            bias=not norm,
+        )
+        self.norm = nn.BatchNorm2d(cout) if norm else nn.Identity()
+        self.act = {
+            "relu": nn.ReLU(),
+            "relu6": nn.ReLU6(),
+            "gelu": nn.GELU(),
+            "none": nn.Identity(),
+        }[act]
+        self.residual = residual and stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.act(self.norm(self.conv(x)))
+        return y + x if self.residual else y
+
+
+@st.composite
+def conv_blocks(draw):
+    cin = draw(st.sampled_from([1, 3, 5, 8, 12, 16, 24, 33]))
+    kind = draw(st.sampled_from(["dense", "depthwise", "grouped"]))
+    if kind == "depthwise":
+        groups, cout = cin, cin
+    elif kind == "grouped" and cin % 2 == 0:
+        groups, cout = 2, draw(st.sampled_from([2, 6, 10, 16]))
+    else:
+        groups, cout = 1, draw(st.sampled_from([1, 4, 7, 8, 16, 20, 32, 40]))
+    block = ConvBlock(
+        cin,
+        cout,
+        kernel=draw(st.sampled_from([1, 3, 5])),
+        stride=draw(st.sampled_from([1, 1, 2])),
+        groups=groups,
+        dilation=draw(st.sampled_from([1, 1, 2])),
+        act=draw(st.sampled_from(["relu", "relu6", "gelu", "none"])),
+        residual=draw(st.booleans()),
+        norm=draw(st.booleans()),
+    )
+    size = draw(st.sampled_from([5, 7, 8, 13, 16, 28]))
+    return block, (1, cin, size, draw(st.sampled_from([size, 9])))
+
+
+def close_to_pytorch(model: nn.Module, shape) -> None:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(shape)
+    model = model.eval()
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = run_compiled(model, x)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_blocks())
+def test_convolutions_equal_pytorch(case):
+    block, shape = case
+    close_to_pytorch(block, shape)
+
+
+class Dense(nn.Module):
+    def __init__(self, features, outputs, batched):
+        super().__init__()
+        self.linear = nn.Linear(features, outputs)
+        self.batched = batched
+
+    def forward(self, x):
+        y = torch.relu(self.linear(x))
+        return y @ y.transpose(-1, -2) if self.batched else y
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([1, 3, 7, 16]),
+    st.sampled_from([5, 16, 33, 64]),
+    st.sampled_from([1, 10, 24, 100]),
+    st.booleans(),
+)
+def test_dense_and_batched_matmul_equal_pytorch(rows, features, outputs, batched):
+    close_to_pytorch(Dense(features, outputs, batched), (2, rows, features))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["max", "avg", "global"]),
+    st.sampled_from([3, 8, 16]),
+    st.sampled_from([7, 12, 15]),
+)
+def test_pools_equal_pytorch(kind, channels, size):
+    pool = {
+        "max": nn.MaxPool2d(3, 2, padding=1),
+        "avg": nn.AvgPool2d(2, 2),
+        "global": nn.AdaptiveAvgPool2d(1),
+    }[kind]
+    close_to_pytorch(nn.Sequential(nn.Conv2d(3, channels, 1), pool), (1, 3, size, size))
