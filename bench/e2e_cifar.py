@@ -128,7 +128,8 @@ def compress(method: str, ratio: float, model: nn.Module, example, data, cfg: Co
         passes = [_pruning(1 - 1 / ratio, cfg)]
     else:  # half of the MAC reduction (geometrically) from each
         step = 1 - 1 / math.sqrt(ratio)
-        passes = [_pruning(step, cfg), LowRankFactorization(ratio=step, whiten=True)]
+        low_rank = LowRankFactorization(ratio=step, whiten=True, round_to=cfg.round_to)
+        passes = [_pruning(step, cfg), low_rank]
     result = graphopt.optimize(model, example, passes, calibration_data=data["calibration"])
     return result.model
 
