@@ -87,7 +87,13 @@ class TuningSummary(BaseModel):
     tasks_from_cache: int = Field(ge=0, description="Tasks the cache already had records for.")
     tasks_tuned: int = Field(ge=0, description="Tasks tuned in this run.")
     trials: int = Field(ge=0, description="Candidates measured in this run.")
-    new_records: int = Field(ge=0, description="Records merged into the cache by this run.")
+    new_records: int = Field(ge=0, description="Tuned records merged into the cache by this run.")
+    defaults_measured: int = Field(
+        default=0,
+        ge=0,
+        description="graphopt default schedules measured by this run and stored as records "
+        "(the cache's best per task is then never slower than the default).",
+    )
     tasks_applied: int = Field(ge=0, description="Tasks compiled with a tuned schedule.")
     seconds: float = Field(ge=0, description="Wall time of task extraction, tuning and merging.")
     cache_dir: str = Field(description="Database directory used for this target.")
@@ -102,9 +108,17 @@ def target_cache_dir(root: Path, target: ResolvedTarget) -> Path:
 
 
 def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
-    """Tune what the cache does not know, then apply the cache: ``(module, TuningSummary)``."""
+    """Tune what the cache does not know, then apply the cache: ``(module, TuningSummary)``.
+
+    On a CPU this host runs, a tuning run (budget > 0) also measures graphopt's default
+    schedule of every task the cache has no measurement of it for and stores it as a record:
+    the cache then holds, per task, the faster of the default and MetaSchedule's best.
+    """
     import tvm.s_tir.meta_schedule as ms
     from tvm import relax
+
+    from graphopt.compiler._baseline import baseline_records
+    from graphopt.compiler.schedules import constant_params
 
     start = time.perf_counter()
     tvm_target = target.tvm()
@@ -125,6 +139,11 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         else:
             records, trials = _tune(todo, tvm_target, tuning)
             cache, new_records = _merge(db_dir, records), len(records)
+    baselines = []
+    if tuning.trials != 0 and target.device == "cpu" and target.can_measure_locally:
+        baselines = baseline_records(tasks, constant_params(mod), cache, tvm_target, _local())
+        if baselines:
+            cache = _merge(db_dir, baselines)
     applied = sum(_known(cache, t, tvm_target) for t in tasks)
     with tvm_target, cache:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -134,6 +153,7 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         tasks_tuned=len(todo) if trials else 0,
         trials=trials,
         new_records=new_records,
+        defaults_measured=len(baselines),
         tasks_applied=applied,
         seconds=time.perf_counter() - start,
         cache_dir=str(db_dir),
@@ -212,6 +232,12 @@ def _builder(tvm_target):
     from graphopt.compiler._intrinsics import build_candidate
 
     return ms.builder.LocalBuilder(f_build=build_candidate)
+
+
+def _local():
+    import tvm.s_tir.meta_schedule as ms
+
+    return ms.runner.LocalRunner()
 
 
 def _runner(tuning: Tuning):

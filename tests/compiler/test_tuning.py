@@ -42,13 +42,16 @@ def test_second_compile_reuses_the_cache(tmp_path):
     assert first.tasks >= 1 and first.tasks_from_cache == 0
     assert first.trials > 0 and first.new_records == first.trials
     assert first.tasks_applied == first.tasks
+    # every task's default schedule was measured too, once, and stored beside the tuned ones
+    assert first.defaults_measured == first.tasks
     records = len(record_lines(tmp_path))
-    assert records == first.new_records
+    assert records == first.new_records + first.defaults_measured
 
     artifact = graphopt.compile(model, x, tuning=tuning)
     second = artifact.manifest.tuning
     assert second.tasks_from_cache == second.tasks == first.tasks
     assert (second.trials, second.new_records, second.tasks_tuned) == (0, 0, 0)
+    assert second.defaults_measured == 0
     assert len(record_lines(tmp_path)) == records  # nothing was re-tuned
     with torch.no_grad():
         assert torch.allclose(artifact(x), model(x), atol=1e-4)
@@ -75,7 +78,8 @@ def test_two_processes_tuning_into_one_cache_do_not_corrupt_it(tmp_path):
         n = int(sys.argv[1])
         artifact = graphopt.compile(mlp(n, n // 2), torch.randn(1, n),
                                     tuning=Tuning(cache_dir=sys.argv[2], **FEW))
-        print(artifact.manifest.tuning.new_records)
+        summary = artifact.manifest.tuning
+        print(summary.new_records + summary.defaults_measured)
     """)
     root = Path(__file__).resolve().parents[2]
     procs = [

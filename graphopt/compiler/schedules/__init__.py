@@ -22,16 +22,55 @@ from __future__ import annotations
 
 SCHEDULE_ATTR = "graphopt.default_schedule"
 SCHEDULED = "tirx.is_scheduled"
+LAYOUT_FREE = "layout_free_buffers"
+
+
+def _rules():
+    """The rules, in the order they are tried."""
+    from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule
+
+    return (ReductionRule(), InjectiveRule())
+
+
+def schedule_kernel(func, target, constants: set[int] = frozenset()):
+    """``(schedule, rule name)`` of one PrimFunc, or None when no rule applies. ``constants``:
+    indices of the parameters every caller passes a constant for (weights), which the schedule
+    may read repacked."""
+    if constants:
+        func = func.with_attr(LAYOUT_FREE, sorted(constants))
+    for rule in _rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return sch, type(rule).__name__
+    return None
+
+
+def constant_params(mod) -> dict[str, set[int]]:
+    """Per kernel name: the parameters ``main`` passes a constant at every call."""
+    from tvm import ir, relax
+
+    found: dict[str, set[int]] = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call) or not _is_call_tir(value):
+                continue
+            name = value.args[0].name_hint
+            args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else []
+            here = {i for i, a in enumerate(args) if isinstance(a, ir.expr.Constant)}
+            found[name] = found[name] & here if name in found else here
+    return found
+
+
+def _is_call_tir(call) -> bool:
+    return getattr(call.op, "name", None) == "relax.call_tir"
 
 
 def default_schedules():
-    """The module pass scheduling every PrimFunc not scheduled yet (LLVM targets only)."""
+    """The module pass scheduling every PrimFunc not scheduled yet (LLVM targets only); run it
+    after ``AttachAttrLayoutFreeBuffers`` so that weights may be read repacked."""
     import tvm
     from tvm import tirx
-
-    from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule
-
-    rules = (ReductionRule(), InjectiveRule())
 
     def transform(mod, _context):
         target = tvm.target.Target.current(allow_none=False)
@@ -39,12 +78,10 @@ def default_schedules():
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and SCHEDULED in func.attrs):
                 continue
-            for rule in rules:
-                sch = rule.apply(func, target, False)
-                if sch is not None:
-                    attrs = {SCHEDULED: True, SCHEDULE_ATTR: type(rule).__name__}
-                    updates[gv] = sch.mod["main"].with_attrs(attrs)
-                    break
+            scheduled = schedule_kernel(func, target)
+            if scheduled is not None:
+                sch, rule = scheduled
+                updates[gv] = sch.mod["main"].with_attrs({SCHEDULED: True, SCHEDULE_ATTR: rule})
         for gv, func in updates.items():
             mod[gv] = func
         return mod
