@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED
+from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED, TILE_ATTR
 from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import CompileError
@@ -37,6 +37,11 @@ class Kernel(BaseModel):
     gflop: float = Field(ge=0, description="Floating-point work of one call (TIR estimate).")
     gflops: float = Field(ge=0, description="Achieved GFLOP/s.")
     peak_fraction: float = Field(ge=0, description="gflops / the measured peak.")
+    tile: str = Field(
+        default="",
+        description="A default schedule's register tile; says when the layer's shape left "
+        "vector lanes empty.",
+    )
     schedule: Literal["tuned", "default", "none"] = Field(
         description="The tuning cache's schedule, graphopt's default one, or none (TVM's "
         "serial loops: a kernel no rule could schedule)."
@@ -59,13 +64,13 @@ class KernelReport(BaseModel):
             f"Peak (PyTorch GEMM): {self.peak_gflops:.1f} GFLOP/s; kernels sum to "
             f"{self.total_ms:.3f} ms.",
             "",
-            "| kernel | calls | ms/call | share | GFLOP/s | of peak | schedule |",
-            "|---|---|---|---|---|---|---|",
+            "| kernel | calls | ms/call | share | GFLOP/s | of peak | schedule | tile |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for k in self.kernels:
             lines.append(
                 f"| {k.name} | {k.calls} | {k.ms:.4f} | {100 * k.share:.1f} % | {k.gflops:.1f} "
-                f"| {100 * k.peak_fraction:.0f} % | {k.schedule} |"
+                f"| {100 * k.peak_fraction:.0f} % | {k.schedule} | {k.tile} |"
             )
         return "\n".join(lines)
 
@@ -125,7 +130,8 @@ def kernel_report(
         schedule = (
             "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
         )
-        rows.append((name, calls, seconds, float(estimate_tir_flops(kernel)), schedule))
+        flop = float(estimate_tir_flops(kernel))
+        rows.append((name, calls, seconds, flop, schedule, _tile(func)))
     return _report(resolved.name, peak, rows)
 
 
@@ -144,10 +150,14 @@ def _called_kernels(mod):
 _PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix
 
 
+def _tile(func) -> str:
+    return str((func.attrs or {}).get(TILE_ATTR, ""))
+
+
 def _report(target: str, peak: float, rows) -> KernelReport:
-    total = sum(calls * seconds for _, calls, seconds, _, _ in rows)
+    total = sum(row[1] * row[2] for row in rows)
     kernels = []
-    for name, calls, seconds, flop, schedule in rows:
+    for name, calls, seconds, flop, schedule, tile in rows:
         gflops = flop / seconds / 1e9 if seconds else 0.0
         kernels.append(
             Kernel(
@@ -159,6 +169,7 @@ def _report(target: str, peak: float, rows) -> KernelReport:
                 gflops=gflops,
                 peak_fraction=gflops / peak,
                 schedule=schedule,
+                tile=tile,
             )
         )
     kernels.sort(key=lambda k: -k.share)

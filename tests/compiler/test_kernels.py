@@ -35,6 +35,8 @@ def test_every_kernel_is_timed_and_the_conv_does_its_flops():
     assert conv.ms > 0 and conv.gflops == pytest.approx(conv.gflop / conv.ms * 1e3)
     # no cache given: graphopt's default schedules, for every kernel
     assert {k.schedule for k in report.kernels} == {"default"}
+    # 8 output channels and 8 columns fill half of an AVX-512 vector: the report says so
+    assert "lanes" in conv.tile and ("shape-limited" in conv.tile) == (conv.tile[:2] != "16")
     assert "| kernel | calls |" in report.table()
 
 

@@ -23,6 +23,13 @@ from __future__ import annotations
 SCHEDULE_ATTR = "graphopt.default_schedule"
 SCHEDULED = "tirx.is_scheduled"
 LAYOUT_FREE = "layout_free_buffers"
+TILE_ATTR = "graphopt.tile"  # the register tile, described for reports (see rules.describe)
+
+
+def _tile(func) -> str:
+    """The description a rule annotated the kernel's root block with ("" when none)."""
+    block = getattr(func.body, "block", None)
+    return str((getattr(block, "annotations", None) or {}).get(TILE_ATTR, ""))
 
 
 def _rules():
@@ -81,7 +88,8 @@ def default_schedules():
             scheduled = schedule_kernel(func, target)
             if scheduled is not None:
                 sch, rule = scheduled
-                updates[gv] = sch.mod["main"].with_attrs({SCHEDULED: True, SCHEDULE_ATTR: rule})
+                attrs = {SCHEDULED: True, SCHEDULE_ATTR: rule, TILE_ATTR: _tile(sch.mod["main"])}
+                updates[gv] = sch.mod["main"].with_attrs(attrs)
         for gv, func in updates.items():
             mod[gv] = func
         return mod

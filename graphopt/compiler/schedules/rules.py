@@ -12,6 +12,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
+from graphopt.compiler.schedules import TILE_ATTR
 from graphopt.compiler.schedules.tiles import (
     PACK,
     Tile,
@@ -74,7 +75,20 @@ class ReductionRule(_CPURule):
         _tile_reduction(sch, main.block_rv, tile, spatial, width)
         for producer in producers:
             schedule_injective_block(sch, producer, width)
+        sch.annotate(sch.get_sblock("root"), TILE_ATTR, describe(tile, extents, width))
         return True
+
+
+def describe(tile: Tile, extents: list[int], width: int) -> str:
+    """One line for reports, e.g. ``"16/16 lanes x 2 groups x 7 rows, pack param_0"``; a vector
+    loop whose extent leaves lanes empty is said so (the layer's shape made it slow). ASCII only:
+    it reaches the tuning database's JSON through the schedule's trace."""
+    text = f"{tile.lanes}/{width} lanes x {tile.groups} groups x {tile.rows} rows"
+    if tile.layouts:
+        text += ", " + ", ".join(f"{how} {name}" for name, how in tile.layouts)
+    if tile.lanes < width:
+        text += f"; shape-limited: vector loop extent {extents[tile.vector_loop]}"
+    return text
 
 
 def _producers(sch, blocks, main) -> list:
