@@ -35,7 +35,7 @@ def baseline_records(tasks, constants: dict[str, set[int]], cache, tvm_target, r
     inputs, kept = [], []
     for (task, sch), result in zip(todo, built, strict=True):
         if result.error_msg is None:
-            args = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
+            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
             inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
             kept.append((task, sch, args))
     for (task, sch, args), future in zip(kept, runner.run(inputs), strict=True):
