@@ -8,8 +8,9 @@ fixed CPU budget. Top-1 is measured on the 10k test set after each stage; train2
 calibration (512 images), distillation and its validation (1000 held-out images) only.
 
 Latency, batch 1, 2 threads, interleaved in one timing run: PyTorch eager and ONNX Runtime on the
-original, and on every compressed model eager, ONNX Runtime and its graphopt artifact (TVM,
-tuned with MetaSchedule through graphopt's shared tuning cache).
+original, and on every compressed model eager, ONNX Runtime and two graphopt artifacts: from the
+shared tuning cache (MetaSchedule records, or graphopt's default schedule where it measured
+faster) and untuned (graphopt's default schedules only).
 
     python bench/e2e_cifar.py                  # all stages (about 2.5 h on 2 cores, tuning most of it)
     python bench/e2e_cifar.py --stage tune     # tune the compressed architectures (cache)
@@ -341,6 +342,8 @@ def latency_stage(cfg: Config, rows: list[dict]) -> dict:
     }
     base = graphopt.compile(folded, example, "llvm", tuning=tuning_for(cfg, tune=False))
     contenders["original graphopt"] = lambda: base(feed)
+    untuned = _untuned(base, folded, example, cfg)
+    contenders["original graphopt default"] = lambda: untuned(feed)
     compiled = {}
     for row in rows:
         key = f"{row['method']} {row['ratio']}x"
@@ -356,12 +359,23 @@ def latency_stage(cfg: Config, rows: list[dict]) -> dict:
         contenders[f"{key} eager"] = _eager(model, example)
         contenders[f"{key} onnxruntime"] = _ort(model, example, cfg.scratch / f"{key}.onnx")
         contenders[f"{key} graphopt"] = lambda a=artifact: a(feed)
+        default = _untuned(artifact, model, example, cfg)
+        contenders[f"{key} graphopt default"] = lambda a=default: a(feed)
     timings = time_interleaved(contenders, rounds=cfg.rounds, burst=cfg.burst)
     return {
         "timings_ms": {k: t.median_ms for k, t in timings.items()},
         "p10_p90_ms": {k: [t.p10_ms, t.p90_ms] for k, t in timings.items()},
         "compile_tuning": compiled,
     }
+
+
+def _untuned(artifact, model: nn.Module, example, cfg: Config):
+    """The artifact with graphopt's default schedules only (no tuning cache)."""
+    import graphopt
+
+    if tuning_for(cfg, tune=False) is None:
+        return artifact  # already compiled without the cache
+    return graphopt.compile(model, example, "llvm", tuning=None)
 
 
 def _eager(model: nn.Module, example):
