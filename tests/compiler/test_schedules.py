@@ -44,11 +44,11 @@ def test_register_tile_divides_its_loops_and_fits_the_registers(groups_max, rows
 # -------------------------------------------------------------------------- structure
 
 
-def lowered(model: nn.Module, x: torch.Tensor):
+def lowered(model: nn.Module, x: torch.Tensor, target: str = "llvm"):
     from graphopt.compiler.build import _export, _lower
     from graphopt.compiler.targets import resolve_target
 
-    mod, _ = _lower(_export(model.eval(), (x,)), resolve_target("llvm"), None)
+    mod, _ = _lower(_export(model.eval(), (x,)), resolve_target(target), None)
     return mod
 
 
@@ -78,6 +78,16 @@ def test_every_kernel_of_a_cnn_gets_a_default_schedule_and_weights_are_packed_at
     assert any(name.endswith("_prepacked") for name in found)
     assert not any("weight_prepack" in name for name in found)
     assert "weight_prepack" not in mod["main"].script()
+
+
+def test_vectors_follow_the_target_neon_gets_four_lanes():
+    from graphopt.compiler.schedules import TILE_ATTR
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU())
+    found = kernels(lowered(model, torch.randn(1, 3, 16, 16), target="aarch64"))
+    conv = next(f for name, f in found.items() if name.startswith("fused_conv2d"))
+    assert str(conv.attrs[TILE_ATTR]).startswith("4/4 lanes")
 
 
 # ----------------------------------------------------------------------------- numbers
