@@ -3,6 +3,7 @@
 from graphopt.compiler.artifact import Artifact, load
 from graphopt.compiler.build import compile
 from graphopt.compiler.manifest import Manifest
+from graphopt.compiler.schedules import vector_lanes_for
 from graphopt.compiler.targets import TARGET_NAMES, resolve_target
 from graphopt.compiler.tuning import RPC, Tuning, TuningSummary
 
@@ -16,4 +17,5 @@ __all__ = [
     "compile",
     "load",
     "resolve_target",
+    "vector_lanes_for",
 ]

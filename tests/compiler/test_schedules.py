@@ -80,6 +80,13 @@ def test_every_kernel_of_a_cnn_gets_a_default_schedule_and_weights_are_packed_at
     assert "weight_prepack" not in mod["main"].script()
 
 
+def test_round_to_for_a_target_is_its_vector_width():
+    from graphopt.compiler import vector_lanes_for
+
+    assert vector_lanes_for("aarch64") == 4
+    assert vector_lanes_for("llvm") in (4, 8, 16)
+
+
 def test_vectors_follow_the_target_neon_gets_four_lanes():
     from graphopt.compiler.schedules import TILE_ATTR
 

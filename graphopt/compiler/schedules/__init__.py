@@ -32,6 +32,15 @@ def _tile(func) -> str:
     return str((getattr(block, "annotations", None) or {}).get(TILE_ATTR, ""))
 
 
+def vector_lanes_for(target: str | dict = "llvm") -> int:
+    """float32 lanes of ``target``'s vectors (16 with AVX-512, 8 with AVX2, 4 with NEON): the
+    ``round_to`` that keeps pruned channels and low-rank ranks filling whole vectors."""
+    from graphopt.compiler.schedules.tiles import lanes
+    from graphopt.compiler.targets import resolve_target
+
+    return lanes(resolve_target(target).tvm())
+
+
 def _rules():
     """The rules, in the order they are tried."""
     from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule
