@@ -59,8 +59,8 @@ class ReductionRule(_CPURule):
         extents = [_const(i.dom) for i in main.iters[:spatial]]
         if spatial == 0 or kinds != "S" * spatial + "R" * (len(kinds) - spatial):
             return False
-        if any(e is None for e in extents):
-            return False  # symbolic shapes
+        if any(e is None for e in extents) or not _trivially_bound(sch, main):
+            return False  # symbolic shapes, or loops that do not map one-to-one to iter vars
         producers = _producers(sch, blocks, main.block_rv)
         width = lanes(target)
         tile = choose_tile(
@@ -89,6 +89,15 @@ def describe(tile: Tile, extents: list[int], width: int) -> str:
     if tile.lanes < width:
         text += f"; shape-limited: vector loop extent {extents[tile.vector_loop]}"
     return text
+
+
+def _trivially_bound(sch, main) -> bool:
+    """Each loop around the block binds exactly one of its iter vars, in order."""
+    loops = sch.get_loops(main.block_rv)
+    return len(loops) == len(main.iters) and all(
+        sch.get(loop).same_as(sch.get(info.loop_rv))
+        for loop, info in zip(loops, main.iters, strict=True)
+    )
 
 
 def _producers(sch, blocks, main) -> list:
