@@ -1,8 +1,8 @@
 """Kernel report of resnet18, mobilenet_v2 and CIFAR ResNet-56 (BN folded) against the GEMM peak.
 
-For each model: every fused kernel's share of run time and GFLOP/s, with TVM's default schedule
-and with the tuning cache's schedule where the cache has one (nothing is tuned here: run
-bench/compile.py or bench/e2e_cifar.py first to fill the cache). The peak is a 2048² float32
+For each model: every fused kernel's share of run time and GFLOP/s, with graphopt's default
+schedules (no cache) and with the tuning cache's schedule where the cache has one (nothing is
+tuned here: run bench/compile.py or bench/e2e_cifar.py first to fill the cache). The peak is a 2048² float32
 GEMM through PyTorch on 2 threads, measured in the same run.
 
     python bench/kernels.py [--models resnet18 ...]
