@@ -223,3 +223,17 @@ def test_pools_equal_pytorch(kind, channels, size):
         "global": nn.AdaptiveAvgPool2d(1),
     }[kind]
     close_to_pytorch(nn.Sequential(nn.Conv2d(3, channels, 1), pool), (1, 3, size, size))
+
+
+def test_a_transformer_layer_equals_pytorch_and_unschedulable_kernels_keep_tvms_default():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        32, 4, 64, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+    )
+    close_to_pytorch(layer, (1, 9, 32))
+    found = kernels(lowered(layer.eval(), torch.randn(1, 9, 32)))
+    matmuls = [f for name, f in found.items() if "matmul" in name]
+    assert matmuls and all(SCHEDULE_ATTR in (f.attrs or {}) for f in matmuls)
+    # softmax and layer norm (several reductions in one kernel) are declined, not mis-scheduled
+    declined = [name for name, f in found.items() if SCHEDULE_ATTR not in (f.attrs or {})]
+    assert any("softmax" in name or "layer_norm" in name for name in declined)
