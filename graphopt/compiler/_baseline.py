@@ -10,11 +10,13 @@ from typing import Any
 TAG = "graphopt.default_schedule"  # root-block annotation marking a default-schedule record
 
 
-def baseline_records(tasks, constants: dict[str, set[int]], cache, tvm_target, runner) -> list:
-    """Measured default-schedule records for the tasks whose default the cache lacks."""
+def baseline_records(
+    tasks, constants: dict[str, set[int]], cache, tvm_target, builder, runner
+) -> list:
+    """Measured default-schedule records for the tasks whose default the cache lacks, built and
+    run by the tuning's own ``builder`` and ``runner``."""
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler._intrinsics import build_candidate
     from graphopt.compiler.schedules import schedule_kernel
 
     todo: list[tuple[Any, Any]] = []
@@ -29,7 +31,6 @@ def baseline_records(tasks, constants: dict[str, set[int]], cache, tvm_target, r
             todo.append((task, sch))
     if not todo:
         return []
-    builder = ms.builder.LocalBuilder(f_build=build_candidate)
     built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in todo])
     records = []
     inputs, kept = [], []

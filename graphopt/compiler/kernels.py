@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from typing import Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED, TILE_ATTR
+from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED, TILE_ATTR, call_sites
 from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import CompileError
@@ -122,10 +123,11 @@ def kernel_report(
     apply_only = tuning.model_copy(update={"trials": 0}) if tuning is not None else None
     mod, _ = _lower(program, resolved, apply_only)
     peak = peak_gflops or measure_gemm_peak(threads=resolved.spec.get("num-cores"))
+    tvm_target = resolved.tvm()
     rows = []
     for name, func, calls in _called_kernels(mod):
         kernel = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        seconds = _time_kernel(kernel, resolved.tvm(), repeats)
+        seconds = _time_kernel(kernel, tvm_target, repeats)
         attrs = func.attrs or {}
         schedule = (
             "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
@@ -138,13 +140,9 @@ def kernel_report(
 def _called_kernels(mod):
     """(name, PrimFunc, calls) of every kernel ``main`` calls; a kernel whose weights were
     repacked keeps its task's name."""
-    import tvm
-
-    text = mod["main"].script()
-    for gv, func in mod.functions_items():
-        calls = text.count(f"R.call_tir({gv.name_hint},")
-        if isinstance(func, tvm.tirx.PrimFunc) and calls:
-            yield gv.name_hint.removesuffix(_PREPACKED), func, calls
+    calls = Counter(name for name, _ in call_sites(mod))
+    for name, count in calls.items():
+        yield name.removesuffix(_PREPACKED), mod[name], count
 
 
 _PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix

@@ -141,7 +141,9 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
             cache, new_records = _merge(db_dir, records), len(records)
     baselines = []
     if tuning.trials != 0 and target.device == "cpu" and target.can_measure_locally:
-        baselines = baseline_records(tasks, constant_params(mod), cache, tvm_target, _local())
+        constants = constant_params(mod)
+        builder = _builder(tvm_target)
+        baselines = baseline_records(tasks, constants, cache, tvm_target, builder, _local())
         if baselines:
             cache = _merge(db_dir, baselines)
     applied = sum(_known(cache, t, tvm_target) for t in tasks)

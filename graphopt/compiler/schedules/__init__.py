@@ -61,25 +61,30 @@ def schedule_kernel(func, target, constants: set[int] = frozenset()):
     return None
 
 
-def constant_params(mod) -> dict[str, set[int]]:
-    """Per kernel name: the parameters ``main`` passes a constant at every call."""
-    from tvm import ir, relax
+def call_sites(mod):
+    """``(kernel name, arguments)`` of every ``call_tir`` binding in ``main``."""
+    from tvm import relax
 
-    found: dict[str, set[int]] = {}
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if not isinstance(value, relax.Call) or not _is_call_tir(value):
-                continue
-            name = value.args[0].name_hint
-            args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else []
-            here = {i for i, a in enumerate(args) if isinstance(a, ir.expr.Constant)}
-            found[name] = found[name] & here if name in found else here
+            if isinstance(value, relax.Call) and getattr(value.op, "name", None) == _CALL_TIR:
+                args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else []
+                yield value.args[0].name_hint, args
+
+
+_CALL_TIR = "relax.call_tir"
+
+
+def constant_params(mod) -> dict[str, set[int]]:
+    """Per kernel name: the parameters ``main`` passes a constant at every call."""
+    from tvm import ir
+
+    found: dict[str, set[int]] = {}
+    for name, args in call_sites(mod):
+        here = {i for i, a in enumerate(args) if isinstance(a, ir.expr.Constant)}
+        found[name] = found[name] & here if name in found else here
     return found
-
-
-def _is_call_tir(call) -> bool:
-    return getattr(call.op, "name", None) == "relax.call_tir"
 
 
 def default_schedules():

@@ -17,7 +17,6 @@ DIRECT, PACK, RELAYOUT = "direct", "pack", "relayout"
 # Among vector loops with equally full vectors: packed weights (measured best: a vector of
 # output channels is contiguous whatever the stride or width), then direct, then relayout.
 _PREFERENCE = {PACK: 2, DIRECT: 1, RELAYOUT: 0}
-_ENABLED = {PACK, RELAYOUT}  # layout changes the tiles may ask for (experiments switch them)
 _GOOD_LANES = 8
 # A vector load of the packed operand (weights: a tile streams them from L2) costs this many
 # broadcasts of the other (a few input rows, hot in L1): measured on ResNet-18, 3 made the
@@ -36,10 +35,6 @@ class Tile:
     register_loop: int | None
     rows: int
     layouts: tuple[tuple[str, str], ...] = field(default=())  # (buffer name, PACK | RELAYOUT)
-
-    @property
-    def accumulators(self) -> int:
-        return self.groups * self.rows
 
 
 def lanes(target) -> int:
@@ -162,9 +157,9 @@ def access(region, var, constants, intermediates) -> str | None:
         return None  # strided along var
     if hits[0] == len(dims) - 1:
         return DIRECT
-    if region.source.name in constants and dims[hits[0]].same_as(var) and PACK in _ENABLED:
+    if region.source.name in constants and dims[hits[0]].same_as(var):
         return PACK
-    return RELAYOUT if region.source.name in intermediates and RELAYOUT in _ENABLED else None
+    return RELAYOUT if region.source.name in intermediates else None
 
 
 def _vars_in(region) -> set:
