@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from graphopt.compiler.manifest import LIBRARY, MANIFEST, Manifest, sha256
 from graphopt.compiler.targets import host_can_run
+from graphopt.compiler.threads import ENV, default_threads, use_threads
 from graphopt.errors import ArtifactError
 
 
@@ -22,11 +24,23 @@ class Artifact:
 
     Results come back as the inputs came in: torch tensors for torch inputs, else numpy arrays;
     one value for a model that returned one tensor, a tuple otherwise.
+
+    A CPU artifact runs on ``threads`` TVM workers: by default ``TVM_NUM_THREADS`` when set, else
+    the host's physical cores (TVM's own default is half of them on x86). The pool belongs to
+    the process, so the last artifact to start sets it for all.
     """
 
-    def __init__(self, directory: Path, manifest: Manifest, *, _keep: Any = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        *,
+        threads: int | None = None,
+        _keep: Any = None,
+    ) -> None:
         self.directory = Path(directory)
         self.manifest = manifest
+        self.threads = threads
         self._keep = _keep  # a TemporaryDirectory that must live as long as this object
         self._vm = None
 
@@ -86,13 +100,28 @@ class Artifact:
             from tvm import relax
 
             device = tvm.cuda() if self.manifest.target.device == "cuda" else tvm.cpu()
+            if self.manifest.target.device == "cpu":
+                self._size_pool()
             lib = tvm.runtime.load_module(str(self.directory / LIBRARY))
             self._vm = (relax.VirtualMachine(lib, device), device)
         return self._vm
 
+    def _size_pool(self) -> None:
+        wanted = self.threads or default_threads()
+        got = use_threads(wanted)
+        if got < wanted:
+            warnings.warn(
+                f"{self.directory}: runs on {got} threads, not {wanted}: TVM's thread pool was "
+                f"created before graphopt was imported; set {ENV} before importing tvm",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-def load(directory: str | Path) -> Artifact:
-    """Open an artifact directory, refusing it if the manifest, a hash or the host is wrong."""
+
+def load(directory: str | Path, threads: int | None = None) -> Artifact:
+    """Open an artifact directory, refusing it if the manifest, a hash or the host is wrong.
+
+    ``threads``: CPU worker threads (default: ``TVM_NUM_THREADS``, else physical cores)."""
     path = Path(directory)
     manifest = read_manifest(path)
     problems = []
@@ -108,7 +137,7 @@ def load(directory: str | Path) -> Artifact:
         problems.append(f"target {manifest.target.name}: {reason}")
     if problems:
         raise ArtifactError(f"refusing to load {path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    return Artifact(path, manifest)
+    return Artifact(path, manifest, threads=threads)
 
 
 def read_manifest(path: Path) -> Manifest:

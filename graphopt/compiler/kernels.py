@@ -4,7 +4,8 @@ The model is lowered exactly as :func:`graphopt.compile` lowers it (the tuning c
 where it has them, graphopt's default schedules elsewhere, weights repacked at compile time) and
 every fused kernel the model calls is built on its own and timed on random inputs, with how
 often the model calls it. FLOPs come from TVM's TIR estimate. The peak is a large single-precision GEMM through
-PyTorch (oneDNN/MKL) on the same threads: what this machine can do, not a datasheet number.
+PyTorch (oneDNN/MKL) on the same threads as the kernels (the target's cores): what this machine
+can do, not a datasheet number.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED, TILE_ATTR, call_sites
 from graphopt.compiler.targets import resolve_target
+from graphopt.compiler.threads import default_threads, pool_threads, use_threads
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
@@ -122,18 +124,20 @@ def kernel_report(
     program = _export(copy.deepcopy(model).eval(), as_input_tuple(example_inputs))
     apply_only = tuning.model_copy(update={"trials": 0}) if tuning is not None else None
     mod, _ = _lower(program, resolved, apply_only)
-    peak = peak_gflops or measure_gemm_peak(threads=resolved.spec.get("num-cores"))
+    threads = int(resolved.spec.get("num-cores") or default_threads())
+    peak = peak_gflops or measure_gemm_peak(threads=threads)
     tvm_target = resolved.tvm()
     rows = []
-    for name, func, calls in _called_kernels(mod):
-        kernel = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        seconds = _time_kernel(kernel, tvm_target, repeats)
-        attrs = func.attrs or {}
-        schedule = (
-            "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
-        )
-        flop = float(estimate_tir_flops(kernel))
-        rows.append((name, calls, seconds, flop, schedule, _tile(func)))
+    previous = pool_threads()
+    use_threads(threads)  # the threads the peak was measured on and the artifact runs on
+    try:
+        for name, func, calls in _called_kernels(mod):
+            kernel = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            seconds = _time_kernel(kernel, tvm_target, repeats)
+            flop = float(estimate_tir_flops(kernel))
+            rows.append((name, calls, seconds, flop, _schedule(func), _tile(func)))
+    finally:
+        use_threads(previous)
     return _report(resolved.name, peak, rows)
 
 
@@ -146,6 +150,11 @@ def _called_kernels(mod):
 
 
 _PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix
+
+
+def _schedule(func) -> str:
+    attrs = func.attrs or {}
+    return "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
 
 
 def _tile(func) -> str:

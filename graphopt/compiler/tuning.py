@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from graphopt.compiler._intrinsics import cpu_intrinsics_only
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
+from graphopt.compiler.threads import threads_for_children
 from graphopt.errors import CompileError
 
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -137,13 +138,15 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
                 "this host; give Tuning(rpc=RPC(tracker=..., key=...)) to tune on a device"
             )
         else:
-            records, trials = _tune(todo, tvm_target, tuning)
+            with _measuring_threads(target):
+                records, trials = _tune(todo, tvm_target, tuning)
             cache, new_records = _merge(db_dir, records), len(records)
     baselines = []
     if tuning.trials != 0 and target.device == "cpu" and target.can_measure_locally:
         constants = constant_params(mod)
         builder = _builder(tvm_target)
-        baselines = baseline_records(tasks, constants, cache, tvm_target, builder, _local())
+        with _measuring_threads(target):
+            baselines = baseline_records(tasks, constants, cache, tvm_target, builder, _local())
         if baselines:
             cache = _merge(db_dir, baselines)
     applied = sum(_known(cache, t, tvm_target) for t in tasks)
@@ -163,6 +166,15 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         notes=notes,
     )
     return mod, summary
+
+
+def _measuring_threads(target: ResolvedTarget):
+    """Candidates measured on this host run on the target's cores (the threads the artifact
+    will use), not on TVM's default of half the logical CPUs."""
+    cores = target.spec.get("num-cores")
+    if target.device != "cpu" or not cores:
+        return contextlib.nullcontext()
+    return threads_for_children(int(cores))
 
 
 def _budget(tuning: Tuning, n_tasks: int) -> int:
