@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
+from graphopt.compiler.layout import channels_last
 from graphopt.compiler.manifest import (
     LIBRARY,
     MANIFEST,
@@ -78,7 +79,8 @@ def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
 
 def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: bool = True):
     """Relax module with schedules applied: tuned (and cached) ones, else graphopt's defaults
-    (``defaults=False``: TVM's, i.e. none on CPU)."""
+    (``defaults=False``: TVM's, i.e. none on CPU). On CPU, convolutions run channels-last
+    (:mod:`graphopt.compiler.layout`)."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -89,6 +91,8 @@ def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: boo
         raise CompileError(f"TVM's torch.export frontend failed: {exc}") from exc
     if target.device == "cuda" and (tuning is None or not _gpu_tunable(target, tuning)):
         return mod, None  # tvm.compile's CUDA pipeline schedules with dlight
+    if target.device == "cpu":
+        mod = channels_last(mod)
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

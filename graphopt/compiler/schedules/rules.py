@@ -86,6 +86,8 @@ def describe(tile: Tile, extents: list[int], width: int) -> str:
     text = f"{tile.lanes}/{width} lanes x {tile.groups} groups x {tile.rows} rows"
     if tile.layouts:
         text += ", " + ", ".join(f"{how} {name}" for name, how in tile.layouts)
+    if tile.blocks_outermost:
+        text += ", vector blocks outermost"
     if tile.lanes < width:
         text += f"; shape-limited: vector loop extent {extents[tile.vector_loop]}"
     return text
@@ -185,6 +187,8 @@ def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int) -> None:
         r_outer, r_inner = sch.split(space[tile.register_loop], [None, tile.rows])
         outer[tile.register_loop] = r_outer
         inner.insert(0, r_inner)
+    if tile.blocks_outermost:
+        outer.insert(0, outer.pop(tile.vector_loop))
     sch.reorder(*outer, *reduce, *inner)
     accumulator = sch.cache_write(block, 0, "local")
     if tile.vector_loop != spatial - 1:  # the accumulator's vectors contiguous too

@@ -1,0 +1,119 @@
+"""CPU convolutions run channels-last: what the lowered module looks like, the ReLU6 rewrite
+that keeps the clip inside the convolution's kernel, and the NCHW fallback where TVM's
+ConvertLayout fails."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.compiler.test_schedules import close_to_pytorch, kernels, lowered
+
+pytestmark = pytest.mark.tvm
+
+
+def mobile_block() -> nn.Module:
+    """Inverted residual: expand (1×1, ReLU6), depthwise (3×3, ReLU6), project (1×1)."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(8, 24, 1), nn.ReLU6(),
+                nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU6(),
+                nn.Conv2d(24, 8, 1),
+            )  # fmt: skip
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    return Block()
+
+
+def test_convolutions_read_nhwc_and_only_the_model_boundary_transposes():
+    mod = lowered(mobile_block(), torch.randn(1, 8, 10, 10))
+    found = kernels(mod)
+    convs = [f.script() for name, f in found.items() if "conv2d" in name]
+    assert len(convs) == 3
+    assert all("conv2d_nhwc" in s for s in convs)  # TOPI's NHWC compute, NHWC buffers
+    transposes = [name for name in found if "transpose" in name]
+    assert len(transposes) == 2, transposes  # into NHWC at the input, back at the output
+
+
+def test_relu6_runs_in_the_convolutions_epilogue():
+    found = kernels(lowered(mobile_block(), torch.randn(1, 8, 10, 10)))
+    names = [n for n in found if "conv2d" in n]
+    assert sum("maximum" in n and "minimum" in n for n in names) == 2, names
+    assert not any("clip" in n for n in found)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 10, 10), (1, 8, 7, 9)])
+def test_a_channels_last_block_equals_pytorch(shape):
+    close_to_pytorch(mobile_block(), shape)
+
+
+def test_hardtanh_bounds_survive_the_rewrite():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardtanh(-0.3, 0.2))
+    close_to_pytorch(model, (1, 3, 9, 9))
+
+
+class PatchTransformer(nn.Module):
+    """A conv patch embedding and attention: TVM 0.27's ConvertLayout aborts on this graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        y = self.patch(x).flatten(2).transpose(1, 2)
+        return self.attn(y, y, y)[0]
+
+
+def test_where_convert_layout_fails_the_model_keeps_nchw_and_says_so():
+    import graphopt
+
+    torch.manual_seed(0)
+    model, x = PatchTransformer().eval(), torch.randn(1, 3, 16, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        artifact = graphopt.compile(model, x, tuning=None)
+    assert any("stay NCHW" in str(w.message) for w in caught)
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(artifact(x.numpy()), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_without_convolutions_is_left_alone():
+    from graphopt.compiler.layout import channels_last
+
+    mod = lowered_relax(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.randn(2, 4))
+    assert channels_last(mod).same_as(mod)
+
+
+def lowered_relax(model: nn.Module, x: torch.Tensor):
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from graphopt.compiler.build import _export
+
+    return from_exported_program(_export(model.eval(), (x,)), keep_params_as_input=False)
+
+
+@pytest.mark.parametrize("channels,size,outermost", [(512, 7, True), (32, 28, False)])
+def test_large_weights_are_streamed_once_small_ones_stay_in_cache(channels, size, outermost):
+    """Weights over the cache budget (512×512×3×3: 9.4 MB) go block by block, each block over
+    every output position; small ones (37 KB) let the activations stream instead."""
+    from graphopt.compiler.schedules import TILE_ATTR
+
+    model = nn.Conv2d(channels, channels, 3, padding=1)
+    found = kernels(lowered(model, torch.randn(1, channels, size, size)))
+    tile = next(str(f.attrs[TILE_ATTR]) for name, f in found.items() if "conv2d" in name)
+    assert ("vector blocks outermost" in tile) == outermost, tile
+
+
+def test_a_conv_with_weight_blocks_outermost_equals_pytorch():
+    close_to_pytorch(nn.Sequential(nn.Conv2d(384, 384, 3, padding=1), nn.ReLU()), (1, 384, 7, 7))
