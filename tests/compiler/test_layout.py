@@ -117,3 +117,22 @@ def test_large_weights_are_streamed_once_small_ones_stay_in_cache(channels, size
 
 def test_a_conv_with_weight_blocks_outermost_equals_pytorch():
     close_to_pytorch(nn.Sequential(nn.Conv2d(384, 384, 3, padding=1), nn.ReLU()), (1, 384, 7, 7))
+
+
+def test_a_depthwise_tile_reuses_weight_vectors_over_rows_and_pads_its_own_window():
+    from graphopt.compiler.schedules import TILE_ATTR
+
+    model = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+    found = kernels(lowered(model, torch.randn(1, 48, 28, 28)))
+    name, func = next((n, f) for n, f in found.items() if "conv2d" in n)
+    rows = int(str(func.attrs[TILE_ATTR]).split(" rows")[0].rsplit(" ", 1)[1])
+    assert rows > 1, func.attrs[TILE_ATTR]
+    script = func.script()
+    # the padding runs inside the tile's parallel loop, not as a pass over the whole input
+    assert "pad_temp" in script and script.count("T.parallel") == 1
+
+
+@pytest.mark.parametrize("stride,size", [(1, 13), (2, 14), (2, 9)])
+def test_depthwise_with_per_tile_padding_equals_pytorch(stride, size):
+    block = nn.Sequential(nn.Conv2d(40, 40, 3, stride, 1, groups=40), nn.ReLU6())
+    close_to_pytorch(block, (1, 40, size, size))

@@ -72,9 +72,15 @@ class ReductionRule(_CPURule):
             intermediates={sch.get(b).writes[0].source.name for b in producers},
         )
         _apply_layouts(sch, main.block_rv, tile, producers)
-        _tile_reduction(sch, main.block_rv, tile, spatial, width)
+        # A depthwise tile reads few input values per multiply-add: padding the whole input
+        # first costs it as much memory traffic as its work; it pads each tile's window instead
+        per_tile = producers if tile.register_reads_vectors else []
+        _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile)
         for producer in producers:
-            schedule_injective_block(sch, producer, width)
+            if per_tile:
+                _vectorize_tile(sch, sch.get_loops(producer)[1:], width)
+            else:
+                schedule_injective_block(sch, producer, width)
         sch.annotate(sch.get_sblock("root"), TILE_ATTR, describe(tile, extents, width))
         return True
 
@@ -175,9 +181,10 @@ def _read_dim(sch, block, name: str, var) -> tuple[int, int | None]:
     return index, next(k for k, e in enumerate(dims) if var in _expr_vars(e))
 
 
-def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int) -> None:
+def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int, per_tile=()) -> None:
     """outer (parallel) × reduction × [rows (unrolled) × groups (unrolled) × lanes (vector)];
-    the accumulator stays local, the epilogue runs on the tile as it is written back."""
+    the accumulator stays local, the epilogue runs on the tile as it is written back; the
+    ``per_tile`` producers compute the window each tile reads, inside its loop."""
     loops = sch.get_loops(block)
     space, reduce = list(loops[:spatial]), list(loops[spatial:])
     v_outer, v_group, v_lane = sch.split(space[tile.vector_loop], [None, tile.groups, tile.lanes])
@@ -197,6 +204,8 @@ def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int) -> None:
         )
     epilogue = _inline_epilogue(sch, accumulator)
     sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
+    for producer in per_tile:  # before the outer loops are fused: a tile's region is then known
+        sch.compute_at(producer, outer[-1], preserve_unit_loops=True)
     # loop annotations need a complete reduction block: before the split into init and update
     sch.parallel(sch.fuse(*outer))
     for loop in inner[:-1]:

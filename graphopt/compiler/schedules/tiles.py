@@ -40,6 +40,7 @@ class Tile:
     rows: int
     layouts: tuple[tuple[str, str], ...] = field(default=())  # (buffer name, PACK | RELAYOUT)
     blocks_outermost: bool = False  # the vector loop's blocks outside the other output loops
+    register_reads_vectors: bool = False  # rows read vectors, not broadcasts (depthwise)
 
 
 def lanes(target) -> int:
@@ -74,14 +75,19 @@ def vector_lanes(extent: int, width: int) -> int:
     return result
 
 
-def register_shape(groups_max: int, rows_max: int, budget: int) -> tuple[int, int]:
+def register_shape(
+    groups_max: int, rows_max: int, budget: int, *, broadcast: bool = True
+) -> tuple[int, int]:
     """(groups, rows), divisors of their extents within ``budget`` accumulators, with the most
-    multiply-adds per unit of load cost (``g·r / (c·g + r)``, ``c`` =
-    :data:`_VECTOR_LOAD_COST`), then the larger tile."""
+    multiply-adds per unit of load cost, then the larger tile. With ``broadcast`` each row
+    reads a broadcast scalar and each group a vector: ``g·r / (c·g + r)``, ``c`` =
+    :data:`_VECTOR_LOAD_COST`; without, each row and group reads a vector and each group
+    one shared vector more: ``g·r / (c·(g·r + g))``."""
     best, best_key = (1, 1), (0.0, 0)
     for g in _divisors(groups_max):
         for r in _divisors(rows_max):
-            key = (g * r / (_VECTOR_LOAD_COST * g + r), g * r)
+            cost = _VECTOR_LOAD_COST * g + r if broadcast else g * r + g
+            key = (g * r / cost, g * r)
             if g * r <= budget and key > best_key:
                 best, best_key = (g, r), key
     return best
@@ -109,21 +115,28 @@ def choose_tile(block, extents, width: int, budget: int, constants, intermediate
     lanes_ = vector_lanes(extents[v], width)
     vector_reads = [_vars_in(r) for r in reads if index_vars[v] in _vars_in(r)]
     free = [i for i in candidates if i != v and not any(index_vars[i] in u for u in vector_reads)]
-    r = max(reversed(free), key=lambda i: extents[i]) if free else None
-    groups, rows = register_shape(extents[v] // lanes_, extents[r] if free else 1, budget)
-    along = [index_vars[v] in _vars_in(r) for r in reads]
-    return Tile(v, lanes_, groups, r, rows, tuple(layouts), _blocks_outermost(reads, along))
+    if free:
+        r = max(reversed(free), key=lambda i: extents[i])
+        groups, rows = register_shape(extents[v] // lanes_, extents[r], budget)
+    else:
+        r = _reuse_loop(candidates, v, index_vars, vector_reads)
+        rows_max = extents[r] if r is not None else 1
+        groups, rows = register_shape(extents[v] // lanes_, rows_max, budget, broadcast=False)
+    output = set(index_vars)
+    along = [_vars_in(r) & output == {index_vars[v]} for r in reads]  # the weights
+    across = [index_vars[v] not in _vars_in(r) for r in reads]  # the activations
+    outermost = _blocks_outermost(reads, along, across)
+    return Tile(v, lanes_, groups, r, rows, tuple(layouts), outermost, not free and rows > 1)
 
 
-def _blocks_outermost(reads, along: list[bool]) -> bool:
-    """Whether the vector loop's blocks go outermost: when the operands read along it
-    (weights) outweigh the others (activations). Each block of weights is then read once and
-    reused over every output position, instead of all weights once per row of tiles
-    (ResNet-18's 512-channel layers in NHWC: 2× faster); else the activations are."""
-    size = {True: 0, False: 0}
-    for region, used in zip(reads, along, strict=True):
-        size[used] += _elements(region.source)
-    return size[True] > size[False] and 4 * size[True] > _CACHE_BYTES
+def _blocks_outermost(reads, along: list[bool], across: list[bool]) -> bool:
+    """Whether the vector loop's blocks go outermost: when the operands indexed by it alone
+    (weights) outweigh those it does not index (activations) and overflow a cache. Each block
+    of weights is then read once and reused over every output position, instead of all
+    weights once per row of tiles (ResNet-18's 512-channel layers in NHWC: 2× faster)."""
+    weights = sum(_elements(r.source) for r, hit in zip(reads, along, strict=True) if hit)
+    activations = sum(_elements(r.source) for r, hit in zip(reads, across, strict=True) if hit)
+    return weights > activations and 4 * weights > _CACHE_BYTES
 
 
 def _elements(buffer) -> int:
@@ -131,6 +144,16 @@ def _elements(buffer) -> int:
     for d in buffer.shape:
         n *= _const(d) or 1
     return n
+
+
+def _reuse_loop(candidates, v: int, index_vars, vector_reads) -> int | None:
+    """Without a loop whose operands are broadcast scalars (depthwise convolutions: input and
+    weights both follow the channels), rows along the innermost loop that one vector operand
+    (the weights) does not follow: each weight vector is loaded once for all rows."""
+    for i in reversed(candidates):
+        if i != v and any(index_vars[i] not in used for used in vector_reads):
+            return i
+    return None
 
 
 def _vector_loop(candidates, extents, index_vars, reads, width, constants, intermediates):
