@@ -51,6 +51,7 @@ def write_results(cfg, rows: list[dict], latency: dict, tuning: list[dict]) -> d
             "distillation": {"epochs": cfg.epochs, "steps": cfg.steps, "batch": cfg.batch_size},
             "rounds": cfg.rounds,
             "burst": cfg.burst,
+            "discard": cfg.discard,
         },
         "original": {
             "macs": base_macs,
@@ -94,8 +95,8 @@ def markdown(results: dict) -> str:
         f"{budget} over train20k minus {cfg['validation_images']} validation images, batch "
         f"{kd['batch']}, SGD lr 0.003 cosine, T = 4, + label loss, best validated checkpoint. "
         f"Channels rounded to {cfg['round_to']}. Latency: batch 1, 2 threads, median over "
-        f"{cfg['rounds']} interleaved rounds of {cfg['burst']} calls each (the first call of a "
-        f"turn not counted); original: eager {original['eager']:.2f} ms, "
+        f"{cfg['rounds']} interleaved rounds of {cfg['burst']} calls each (the first "
+        f"{cfg.get('discard', 1)} of a turn not counted); original: eager {original['eager']:.2f} ms, "
         f"eager BN-folded {original['eager (BN folded)']:.2f} ms, ONNX Runtime "
         f"{original['onnxruntime']:.2f} ms, graphopt artifact {original['graphopt']:.2f} ms.",
         "",

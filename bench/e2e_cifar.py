@@ -62,8 +62,9 @@ class Config:
     steps: int | None = None  # overrides epochs (tests)
     batch_size: int = 128
     tuning: object = "default"  # a graphopt Tuning, None (untuned) or "default"
-    rounds: int = 30
-    burst: int = 5  # calls per turn; the first after a switch of runtime is not recorded
+    rounds: int = 12
+    burst: int = 20  # calls per turn; the first `discard`, after a switch of runtime, not recorded
+    discard: int = 5
     scratch: Path = ROOT / "bench" / "scratch" / "e2e"
     out: Path = RESULTS
     progress: bool = True
@@ -361,7 +362,7 @@ def latency_stage(cfg: Config, rows: list[dict]) -> dict:
         contenders[f"{key} graphopt"] = lambda a=artifact: a(feed)
         default = _untuned(artifact, model, example, cfg)
         contenders[f"{key} graphopt default"] = lambda a=default: a(feed)
-    timings = time_interleaved(contenders, rounds=cfg.rounds, burst=cfg.burst)
+    timings = time_interleaved(contenders, rounds=cfg.rounds, burst=cfg.burst, discard=cfg.discard)
     return {
         "timings_ms": {k: t.median_ms for k, t in timings.items()},
         "p10_p90_ms": {k: [t.p10_ms, t.p90_ms] for k, t in timings.items()},

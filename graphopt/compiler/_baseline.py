@@ -1,34 +1,32 @@
-"""Tuning starts from graphopt's default schedules: each task's default is measured like a
-MetaSchedule candidate and stored as a record, so the cache's best record for a task is never
-slower than the default (and a task tuned in an older session gets its default compared once).
+"""Tuning starts from graphopt's default schedules: each task's default tile and a few
+alternatives (the next register shapes, the other order of the outer loops) are measured like
+MetaSchedule candidates and stored as records, so the cache's best record for a task is never
+slower than the best default (and a task tuned in an older session gets its defaults compared
+once). The alternatives are what a short budget buys first: the tile model's ranking, checked
+by measurement on this machine.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from graphopt.compiler.schedules import TILE_ATTR
+
 TAG = "graphopt.default_schedule"  # root-block annotation marking a default-schedule record
 
 
 def baseline_records(
-    tasks, constants: dict[str, set[int]], cache, tvm_target, builder, runner
+    tasks, constants: dict[str, set[int]], cache, tvm_target, builder, runner, variants: int = 1
 ) -> list:
-    """Measured default-schedule records for the tasks whose default the cache lacks, built and
-    run by the tuning's own ``builder`` and ``runner``."""
+    """Measured default-schedule records, ``variants`` tiles per task (the default and its
+    alternatives), for the tasks whose default the cache lacks, built and run by the tuning's
+    own ``builder`` and ``runner``."""
     import tvm.s_tir.meta_schedule as ms
-
-    from graphopt.compiler.schedules import schedule_kernel
 
     todo: list[tuple[Any, Any]] = []
     for task in tasks:
-        if _has_baseline(cache, task.dispatched[0]):
-            continue
-        func = task.dispatched[0]["main"]
-        scheduled = schedule_kernel(func, tvm_target, constants.get(task.task_name, set()))
-        if scheduled is not None:
-            sch = scheduled[0]
-            sch.annotate(sch.get_sblock("root"), TAG, 1)
-            todo.append((task, sch))
+        if not _has_baseline(cache, task.dispatched[0]):
+            todo += [(task, sch) for sch in _variants(task, constants, tvm_target, variants)]
     if not todo:
         return []
     built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in todo])
@@ -47,6 +45,26 @@ def baseline_records(
                 ms.database.TuningRecord(sch.trace, workload, outcome.run_secs, tvm_target, args)
             )
     return records
+
+
+def _variants(task, constants, tvm_target, count: int) -> list:
+    """Schedules of the task's distinct default tiles, each tagged with its variant."""
+    from graphopt.compiler.schedules import schedule_kernel
+
+    func = task.dispatched[0]["main"]
+    found, seen = [], set()
+    for variant in range(count):
+        scheduled = schedule_kernel(func, tvm_target, constants.get(task.task_name, set()), variant)
+        if scheduled is None:
+            continue
+        sch = scheduled[0]
+        key = str(sch.mod["main"].body.block.annotations.get(TILE_ATTR, ""))
+        if variant and key in seen:
+            continue  # the same tile as an earlier variant (e.g. one loop order fits all)
+        seen.add(key)
+        sch.annotate(sch.get_sblock("root"), TAG, variant)
+        found.append(sch)
+    return found
 
 
 def _has_baseline(cache, mod) -> bool:

@@ -66,6 +66,14 @@ class Tuning(BaseModel):
         description="Tuning database directory (default: $GRAPHOPT_CACHE_DIR or "
         "~/.cache/graphopt/tuning). Shared by every model compiled for the same target.",
     )
+    default_variants: int = Field(
+        default=6,
+        ge=1,
+        le=6,
+        description="graphopt default schedules measured per task before the search (CPU "
+        "targets this host runs): the default tile and its alternatives (other register "
+        "shapes, other loop order); the cache keeps the fastest.",
+    )
     rpc: RPC | None = Field(default=None, description="Measure on a remote device.")
     progress: bool = Field(default=True, description="Show a live progress display.")
     seed: int = Field(default=0, description="Search seed.")
@@ -92,8 +100,9 @@ class TuningSummary(BaseModel):
     defaults_measured: int = Field(
         default=0,
         ge=0,
-        description="graphopt default schedules measured by this run and stored as records "
-        "(the cache's best per task is then never slower than the default).",
+        description="graphopt default schedules (default tiles and their alternatives) "
+        "measured by this run and stored as records (the cache's best per task is then never "
+        "slower than the best of them).",
     )
     tasks_applied: int = Field(ge=0, description="Tasks compiled with a tuned schedule.")
     seconds: float = Field(ge=0, description="Wall time of task extraction, tuning and merging.")
@@ -146,7 +155,9 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         constants = constant_params(mod)
         builder = _builder(tvm_target)
         with _measuring_threads(target):
-            baselines = baseline_records(tasks, constants, cache, tvm_target, builder, _local())
+            baselines = baseline_records(
+                tasks, constants, cache, tvm_target, builder, _local(), tuning.default_variants
+            )
         if baselines:
             cache = _merge(db_dir, baselines)
     applied = sum(_known(cache, t, tvm_target) for t in tasks)

@@ -13,3 +13,20 @@ def test_rounds_warmup_and_bursts_are_counted():
     burst = time_interleaved(contenders, rounds=4, warmup=0, burst=3)
     assert calls == {"a": 18, "b": 18} and burst["b"].rounds == 4 * 2
     assert burst["a"].p10_ms <= burst["a"].median_ms <= burst["a"].p90_ms
+
+
+def test_discarded_calls_are_the_first_of_each_turn_and_never_all():
+    import time
+
+    import pytest
+
+    calls = []
+
+    def slow_then_fast():
+        calls.append(None)
+        time.sleep(0.02 if len(calls) % 4 == 1 else 0.0)  # the first of each turn of 4 is slow
+
+    timing = time_interleaved({"a": slow_then_fast}, rounds=3, warmup=0, burst=4, discard=1)
+    assert timing["a"].rounds == 3 * 3 and timing["a"].p90_ms < 10
+    with pytest.raises(ValueError, match="discard"):
+        time_interleaved({"a": slow_then_fast}, rounds=1, burst=4, discard=4)

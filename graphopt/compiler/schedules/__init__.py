@@ -41,20 +41,21 @@ def vector_lanes_for(target: str | dict = "llvm") -> int:
     return lanes(resolve_target(target).tvm())
 
 
-def _rules():
-    """The rules, in the order they are tried."""
+def _rules(variant: int = 0):
+    """The rules, in the order they are tried (only reduction kernels have variants)."""
     from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule
 
-    return (ReductionRule(), InjectiveRule())
+    return (ReductionRule(variant), InjectiveRule()) if variant == 0 else (ReductionRule(variant),)
 
 
-def schedule_kernel(func, target, constants: set[int] = frozenset()):
+def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: int = 0):
     """``(schedule, rule name)`` of one PrimFunc, or None when no rule applies. ``constants``:
     indices of the parameters every caller passes a constant for (weights), which the schedule
-    may read repacked."""
+    may read repacked. ``variant`` > 0: an alternative tile of a reduction kernel, for tuning
+    to measure (None when the kernel has fewer)."""
     if constants:
         func = func.with_attr(LAYOUT_FREE, sorted(constants))
-    for rule in _rules():
+    for rule in _rules(variant):
         sch = rule.apply(func, target, False)
         if sch is not None:
             return sch, type(rule).__name__

@@ -45,7 +45,12 @@ class _CPURule(ScheduleRule):
 
 
 class ReductionRule(_CPURule):
-    """One reduction block, injective producers (padding), element-wise epilogue → tile."""
+    """One reduction block, injective producers (padding), element-wise epilogue → tile.
+    ``variant`` > 0 picks an alternative tile (see :func:`.tiles.choose_tile`)."""
+
+    def __init__(self, variant: int = 0) -> None:
+        super().__init__()
+        self.variant = variant
 
     def schedule(self, sch, target) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -70,7 +75,10 @@ class ReductionRule(_CPURule):
             registers(target),
             constants=_layout_free_buffers(sch),
             intermediates={sch.get(b).writes[0].source.name for b in producers},
+            variant=self.variant,
         )
+        if tile is None:
+            return False
         _apply_layouts(sch, main.block_rv, tile, producers)
         # A depthwise tile reads few input values per multiply-add: padding the whole input
         # first costs it as much memory traffic as its work; it pads each tile's window instead

@@ -27,6 +27,7 @@ _VECTOR_LOAD_COST = 3.0
 # MobileNetV2 slower, with weights of 150-600 KB)
 _CACHE_BYTES = 1 << 20
 FALLBACK_LANES = 4  # 128-bit vectors when LLVM cannot describe the target
+VARIANT_SHAPES = 3  # register shapes tuning tries per kernel (times two loop orders)
 
 
 @dataclass(frozen=True)
@@ -83,22 +84,32 @@ def register_shape(
     reads a broadcast scalar and each group a vector: ``g·r / (c·g + r)``, ``c`` =
     :data:`_VECTOR_LOAD_COST`; without, each row and group reads a vector and each group
     one shared vector more: ``g·r / (c·(g·r + g))``."""
-    best, best_key = (1, 1), (0.0, 0)
+    return register_shapes(groups_max, rows_max, budget, broadcast=broadcast)[0]
+
+
+def register_shapes(
+    groups_max: int, rows_max: int, budget: int, *, broadcast: bool = True
+) -> list[tuple[int, int]]:
+    """Every fitting (groups, rows), best first (see :func:`register_shape`)."""
+    shapes = []
     for g in _divisors(groups_max):
         for r in _divisors(rows_max):
             cost = _VECTOR_LOAD_COST * g + r if broadcast else g * r + g
-            key = (g * r / cost, g * r)
-            if g * r <= budget and key > best_key:
-                best, best_key = (g, r), key
-    return best
+            if g * r <= budget:
+                shapes.append(((g * r / cost, g * r), (g, r)))
+    shapes.sort(key=lambda item: item[0], reverse=True)
+    return [shape for _, shape in shapes] or [(1, 1)]
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def choose_tile(block, extents, width: int, budget: int, constants, intermediates) -> Tile:
-    """The tile of ``block`` (an SBlock whose first ``len(extents)`` iter vars are spatial).
+def choose_tile(
+    block, extents, width: int, budget: int, constants, intermediates, variant: int = 0
+) -> Tile | None:
+    """The tile of ``block`` (an SBlock whose first ``len(extents)`` iter vars are spatial);
+    ``variant`` > 0: an alternative for tuning to measure (None when there are fewer).
 
     ``constants`` and ``intermediates`` name the buffers that may be packed (weights the caller
     passes as constants) and relaid out (written by a producer block of the same kernel).
@@ -108,7 +119,7 @@ def choose_tile(block, extents, width: int, budget: int, constants, intermediate
     reads = [r for r in block.reads if r.source.name not in written]
     candidates = [i for i, e in enumerate(extents) if e > 1]
     if not candidates:
-        return Tile(len(extents) - 1, 1, 1, None, 1)
+        return Tile(len(extents) - 1, 1, 1, None, 1) if variant == 0 else None
     v, layouts = _vector_loop(
         candidates, extents, index_vars, reads, width, constants, intermediates
     )
@@ -117,16 +128,28 @@ def choose_tile(block, extents, width: int, budget: int, constants, intermediate
     free = [i for i in candidates if i != v and not any(index_vars[i] in u for u in vector_reads)]
     if free:
         r = max(reversed(free), key=lambda i: extents[i])
-        groups, rows = register_shape(extents[v] // lanes_, extents[r], budget)
+        shapes = register_shapes(extents[v] // lanes_, extents[r], budget)
     else:
         r = _reuse_loop(candidates, v, index_vars, vector_reads)
         rows_max = extents[r] if r is not None else 1
-        groups, rows = register_shape(extents[v] // lanes_, rows_max, budget, broadcast=False)
+        shapes = register_shapes(extents[v] // lanes_, rows_max, budget, broadcast=False)
     output = set(index_vars)
-    along = [_vars_in(r) & output == {index_vars[v]} for r in reads]  # the weights
-    across = [index_vars[v] not in _vars_in(r) for r in reads]  # the activations
+    along = [_vars_in(read) & output == {index_vars[v]} for read in reads]  # the weights
+    across = [index_vars[v] not in _vars_in(read) for read in reads]  # the activations
     outermost = _blocks_outermost(reads, along, across)
+    choices = _variants(shapes, outermost)
+    if variant >= len(choices):
+        return None
+    (groups, rows), outermost = choices[variant]
     return Tile(v, lanes_, groups, r, rows, tuple(layouts), outermost, not free and rows > 1)
+
+
+def _variants(shapes, outermost: bool) -> list:
+    """Variant 0 is the model's choice; tuning measures the others: the next register shapes,
+    and the other order of the outer loops."""
+    firsts = [(shape, outermost) for shape in shapes[:VARIANT_SHAPES]]
+    flipped = [(shape, not outermost) for shape in shapes[:VARIANT_SHAPES]]
+    return [firsts[0], flipped[0], *firsts[1:], *flipped[1:]]
 
 
 def _blocks_outermost(reads, along: list[bool], across: list[bool]) -> bool:
