@@ -46,7 +46,8 @@ EXPECTED_ALL = {
 }
 
 TUNING_DEFAULT = (
-    "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, rpc=None, progress=True, seed=0)"
+    "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, default_variants=6, rpc=None, "
+    "progress=True, seed=0)"
 )
 SIGNATURES = {
     "optimize": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
@@ -64,7 +65,7 @@ SIGNATURES = {
     "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
     "report: 'OptimizeReport | None' = None) -> 'Artifact'",
-    "load": "(directory: 'str | Path') -> 'Artifact'",
+    "load": "(directory: 'str | Path', threads: 'int | None' = None) -> 'Artifact'",
     "apply_rules": "(gm: 'fx.GraphModule', rules: 'tuple[Rule, ...]', selected) -> 'RuleOutcome'",
 }
 

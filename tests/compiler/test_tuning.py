@@ -21,7 +21,7 @@ from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.tuning import target_cache_dir
 
-FEW = {"per_task": 2, "per_iter": 2, "progress": False}
+FEW = {"per_task": 2, "per_iter": 2, "progress": False, "default_variants": 2}
 
 
 def mlp(n_in: int = 16, n_out: int = 8) -> nn.Module:

@@ -8,8 +8,9 @@ and MLAS:
 * a *reduction* kernel (convolution of any kind, dense, matmul, pooling, mean) keeps a tile of
   outputs in vector registers while its reduction runs around it (:mod:`.tiles` says which
   loops and how weights and the padded input are laid out; weights are repacked once, at
-  compile time); its padding runs as its own parallel vectorised loop and its element-wise
-  epilogue (bias, BatchNorm, ReLU/ReLU6, residual add) is applied to the tile as it is written;
+  compile time); its padding runs as its own parallel vectorised loop (a depthwise kernel pads
+  each tile's window instead) and its element-wise epilogue (bias, BatchNorm, ReLU/ReLU6,
+  residual add) is applied to the tile as it is written;
 * an *injective* kernel (element-wise, reshape, transpose, padding) is inlined into one loop
   nest, vectorised along its innermost loop and spread over the cores.
 
