@@ -42,7 +42,7 @@ def test_every_kernel_is_timed_and_the_conv_does_its_flops():
 
 def test_kernels_with_a_cache_record_run_their_tuned_schedule(tmp_path):
     model, x = conv_relu()
-    tuning = Tuning(cache_dir=tmp_path, per_task=2, per_iter=2, progress=False)
+    tuning = Tuning(cache_dir=tmp_path, per_task=2, per_iter=2, progress=False, default_variants=1)
     summary = graphopt.compile(model, x, tuning=tuning).manifest.tuning
     # every task's default schedule (packed conv weights included) was measured into the cache
     assert summary.defaults_measured == summary.tasks == summary.tasks_applied
