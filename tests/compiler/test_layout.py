@@ -136,3 +136,9 @@ def test_a_depthwise_tile_reuses_weight_vectors_over_rows_and_pads_its_own_windo
 def test_depthwise_with_per_tile_padding_equals_pytorch(stride, size):
     block = nn.Sequential(nn.Conv2d(40, 40, 3, stride, 1, groups=40), nn.ReLU6())
     close_to_pytorch(block, (1, 40, size, size))
+
+
+def test_a_grouped_strided_conv_whose_tile_window_is_not_constant_builds_and_equals_pytorch():
+    """Found by hypothesis in a clean CI run: its per-tile input window has a clipped, symbolic
+    extent, which TVM refused to unroll at build time."""
+    close_to_pytorch(nn.Sequential(nn.Conv2d(8, 10, 1, 2, groups=2), nn.ReLU()), (1, 8, 5, 9))

@@ -237,12 +237,17 @@ def _inline_epilogue(sch, writeback):
 
 
 def _vectorize_tile(sch, loops, width: int) -> None:
-    """Unroll a tile's loops and vectorise the innermost where it fills vectors."""
+    """Unroll a tile's loops and vectorise the innermost where it fills vectors. A loop whose
+    extent is not a constant (a per-tile padding window clipped at the border) is left as it
+    is: TVM rejects unrolling it only when it builds, too late for the rule to decline."""
     if not loops:
         return
     for loop in loops[:-1]:
-        sch.unroll(loop)
-    extent = _const(sch.get(loops[-1]).extent) or 1
+        if _const(sch.get(loop).extent) is not None:
+            sch.unroll(loop)
+    extent = _const(sch.get(loops[-1]).extent)
+    if extent is None:
+        return
     lanes_ = vector_lanes(extent, width)
     if lanes_ == 1:
         sch.unroll(loops[-1])
