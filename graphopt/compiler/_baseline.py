@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphopt.compiler.schedules import TILE_ATTR
-
 TAG = "graphopt.default_schedule"  # root-block annotation marking a default-schedule record
 
 
@@ -49,7 +47,7 @@ def baseline_records(
 
 def _variants(task, constants, tvm_target, count: int) -> list:
     """Schedules of the task's distinct default tiles, each tagged with its variant."""
-    from graphopt.compiler.schedules import schedule_kernel
+    from graphopt.compiler.schedules import schedule_kernel, tile_description
 
     func = task.dispatched[0]["main"]
     found, seen = [], set()
@@ -58,7 +56,7 @@ def _variants(task, constants, tvm_target, count: int) -> list:
         if scheduled is None:
             continue
         sch = scheduled[0]
-        key = str(sch.mod["main"].body.block.annotations.get(TILE_ATTR, ""))
+        key = tile_description(sch.mod["main"])
         if variant and key in seen:
             continue  # the same tile as an earlier variant (e.g. one loop order fits all)
         seen.add(key)

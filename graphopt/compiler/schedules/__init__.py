@@ -27,7 +27,7 @@ LAYOUT_FREE = "layout_free_buffers"
 TILE_ATTR = "graphopt.tile"  # the register tile, described for reports (see rules.describe)
 
 
-def _tile(func) -> str:
+def tile_description(func) -> str:
     """The description a rule annotated the kernel's root block with ("" when none)."""
     block = getattr(func.body, "block", None)
     return str((getattr(block, "annotations", None) or {}).get(TILE_ATTR, ""))
@@ -104,7 +104,11 @@ def default_schedules():
             scheduled = schedule_kernel(func, target)
             if scheduled is not None:
                 sch, rule = scheduled
-                attrs = {SCHEDULED: True, SCHEDULE_ATTR: rule, TILE_ATTR: _tile(sch.mod["main"])}
+                attrs = {
+                    SCHEDULED: True,
+                    SCHEDULE_ATTR: rule,
+                    TILE_ATTR: tile_description(sch.mod["main"]),
+                }
                 updates[gv] = sch.mod["main"].with_attrs(attrs)
         for gv, func in updates.items():
             mod[gv] = func

@@ -83,7 +83,7 @@ def register_shape(
     multiply-adds per unit of load cost, then the larger tile. With ``broadcast`` each row
     reads a broadcast scalar and each group a vector: ``g·r / (c·g + r)``, ``c`` =
     :data:`_VECTOR_LOAD_COST`; without, each row and group reads a vector and each group
-    one shared vector more: ``g·r / (c·(g·r + g))``."""
+    one shared vector more: ``g·r / (g·r + g)``."""
     return register_shapes(groups_max, rows_max, budget, broadcast=broadcast)[0]
 
 
