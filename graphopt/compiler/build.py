@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
+from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.layout import channels_last
 from graphopt.compiler.manifest import (
     LIBRARY,
@@ -91,6 +92,7 @@ def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: boo
         raise CompileError(f"TVM's torch.export frontend failed: {exc}") from exc
     if target.device == "cuda" and (tuning is None or not _gpu_tunable(target, tuning)):
         return mod, None  # tvm.compile's CUDA pipeline schedules with dlight
+    mod = fold_batch_norm(mod)
     if target.device == "cpu":
         mod = channels_last(mod)
     prefix = [

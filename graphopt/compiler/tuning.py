@@ -29,6 +29,12 @@ from graphopt.compiler.threads import threads_for_children
 from graphopt.errors import CompileError
 
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
+# Records measured by different default schedules or a different measuring method do not
+# compare: a record timed warm, or a default that has since become faster, would still be
+# applied as "the fastest known". Bump this when either changes; older databases are then
+# left alone (not read, not deleted). 2: channels-last defaults, folded BatchNorm, cold-cache
+# timing with 10 samples (1: NCHW defaults, TVM's one warm sample).
+RECORDS_VERSION = 2
 
 
 class RPC(BaseModel):
@@ -111,9 +117,13 @@ class TuningSummary(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-def target_cache_dir(root: Path, target: ResolvedTarget) -> Path:
-    """One database per target: records measured for one CPU never steer another."""
+def target_cache_dir(root: Path, target: ResolvedTarget, version: int | None = None) -> Path:
+    """One database per target and records version: records measured for one CPU never steer
+    another, nor records measured against older default schedules or another method."""
     key = json.dumps(target.spec, sort_keys=True)
+    version = RECORDS_VERSION if version is None else version
+    if version > 1:  # version 1 databases were keyed by the target alone
+        key += f"/records-v{version}"
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tests.compiler.test_schedules import close_to_pytorch, kernels, lowered
+from tests.models import randomize_batch_norm
 
 pytestmark = pytest.mark.tvm
 
@@ -142,3 +143,42 @@ def test_a_grouped_strided_conv_whose_tile_window_is_not_constant_builds_and_equ
     """Found by hypothesis in a clean CI run: its per-tile input window has a clipped, symbolic
     extent, which TVM refused to unroll at build time."""
     close_to_pytorch(nn.Sequential(nn.Conv2d(8, 10, 1, 2, groups=2), nn.ReLU()), (1, 8, 5, 9))
+
+
+def conv_bn_model() -> nn.Module:
+    """conv → BN → ReLU6, depthwise conv → BN (no affine), a conv with bias → BN, and a conv
+    whose output feeds both its BN and a residual add (folding must not change that add)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+            self.dw = nn.Sequential(
+                nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                nn.BatchNorm2d(8, affine=False),
+            )
+            self.biased = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+            self.shared = nn.Conv2d(8, 8, 1, bias=False)
+            self.shared_bn = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            y = self.biased(self.dw(self.stem(x)))
+            z = self.shared(y)
+            return self.shared_bn(z) + z
+
+    return randomize_batch_norm(Net()).eval()
+
+
+def test_batch_norm_is_folded_into_the_convolutions_before_it():
+    found = kernels(lowered(conv_bn_model(), torch.randn(1, 3, 12, 12)))
+    convs = sorted(n for n in found if "conv2d" in n)
+    assert len(convs) == 4, convs  # folding never duplicates a convolution
+    unfolded = [n for n in convs if "divide" in n]
+    # only the convolution whose output the residual add reads too keeps its BatchNorm
+    assert len(unfolded) == 1 and unfolded[0].count("add") == 2, convs
+    assert any("maximum" in n and "minimum" in n for n in convs), convs  # BN + ReLU6 fused in
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 12, 12), (1, 3, 9, 7)])
+def test_folded_batch_norm_equals_pytorch(shape):
+    close_to_pytorch(conv_bn_model(), shape)

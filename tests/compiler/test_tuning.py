@@ -90,6 +90,19 @@ def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
     assert summary.tuning.trials == 0 and summary.tuning.tasks_applied == 0
 
 
+def test_records_of_an_older_records_version_are_neither_applied_nor_deleted(tmp_path, monkeypatch):
+    from graphopt.compiler import tuning as tuning_module
+
+    model, x = mlp(12, 6), torch.randn(1, 12)
+    few = Tuning(cache_dir=tmp_path, per_task=1, per_iter=1, default_variants=1, progress=False)
+    old = graphopt.compile(model, x, tuning=few).manifest.tuning
+    assert old.tasks_applied == old.tasks > 0
+    monkeypatch.setattr(tuning_module, "RECORDS_VERSION", tuning_module.RECORDS_VERSION + 1)
+    new = graphopt.compile(model, x, tuning=Tuning(trials=0, cache_dir=tmp_path)).manifest.tuning
+    assert new.tasks_applied == 0 and new.cache_dir != old.cache_dir
+    assert (Path(old.cache_dir) / "database_tuning_record.json").stat().st_size > 0
+
+
 def test_two_processes_tuning_into_one_cache_do_not_corrupt_it(tmp_path):
     script = textwrap.dedent("""
         import sys, torch, graphopt
