@@ -182,3 +182,22 @@ def test_batch_norm_is_folded_into_the_convolutions_before_it():
 @pytest.mark.parametrize("shape", [(1, 3, 12, 12), (1, 3, 9, 7)])
 def test_folded_batch_norm_equals_pytorch(shape):
     close_to_pytorch(conv_bn_model(), shape)
+
+
+def test_padding_an_image_unrolls_its_channels_and_parallelises_rows():
+    """3 channels fill no vector: the pad loops over rows in parallel, columns in order and
+    the channels unrolled (not one parallel loop over every element)."""
+    found = kernels(lowered(nn.Conv2d(3, 16, 3, padding=1), torch.randn(1, 3, 32, 30)))
+    conv = next(f.script() for name, f in found.items() if "conv2d" in name)
+    pad = conv[conv.index("T.parallel") - 80 : conv.index('T.sblock("pad_temp")')]
+    assert "T.parallel(T.int64(34))" in pad and "range(T.int64(32))" in pad, pad
+    assert "T.unroll(T.int64(3))" in pad, pad
+
+
+def test_a_pool_pads_each_tiles_window_a_dense_convolution_the_whole_input():
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(3, 2, padding=1))
+    found = kernels(lowered(model, torch.randn(1, 16, 16, 16)))
+    pool = next(f.script() for name, f in found.items() if "pool" in name)
+    conv = next(f.script() for name, f in found.items() if "conv2d" in name)
+    assert "pad_temp" in pool and pool.count("T.parallel") == 1  # pads inside the tile loop
+    assert conv.count("T.parallel") == 2  # pads first, in a parallel loop of its own
