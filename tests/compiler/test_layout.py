@@ -201,3 +201,16 @@ def test_a_pool_pads_each_tiles_window_a_dense_convolution_the_whole_input():
     conv = next(f.script() for name, f in found.items() if "conv2d" in name)
     assert "pad_temp" in pool and pool.count("T.parallel") == 1  # pads inside the tile loop
     assert conv.count("T.parallel") == 2  # pads first, in a parallel loop of its own
+
+
+def test_layout_transposes_vectorise_inside_a_loop_over_the_inputs_contiguous_axis():
+    """NHWC → NCHW (the model's output) and back: the vector loop gathers from the lines the
+    serial loop around it walks along, not from a new line per element (8× on 112×112×64)."""
+    found = kernels(lowered(nn.Conv2d(16, 32, 1), torch.randn(1, 16, 8, 32)))
+    transposes = [f.script() for name, f in found.items() if "transpose" in name]
+    assert len(transposes) == 2
+    for script in transposes:
+        lines = [line.strip() for line in script.splitlines()]
+        vector = next(i for i, line in enumerate(lines) if "T.vectorized" in line)
+        assert lines[vector - 1].startswith("for ax") and "in range(" in lines[vector - 1], script
+        assert "T.parallel" in lines[vector - 2], script

@@ -290,10 +290,30 @@ def schedule_injective_block(sch, block, width: int) -> None:
     if not loops or any(e is None for e in extents):
         return
     lanes_ = vector_lanes(extents[-1], width)
-    if lanes_ > 1:
+    across = _transposed_loop(sch, block, extents, width)
+    if lanes_ > 1 and across is not None:
+        outer, vector = sch.split(loops[-1], [None, lanes_])
+        sch.reorder(outer, loops[across])
+        sch.vectorize(vector)
+        loops = sch.get_loops(block)[:-2]
+    elif lanes_ > 1:
         sch.vectorize(sch.split(loops[-1], [None, lanes_])[1])
         loops = sch.get_loops(block)[:-1]
     elif extents[-1] < width and len(loops) > 2 and math.prod(extents[:-2]) >= _MIN_PARALLEL:
         sch.unroll(loops[-1])
         loops = loops[:-2]
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def _transposed_loop(sch, block, extents, width: int) -> int | None:
+    """The loop that walks the last (contiguous) axis of a transposing block's one input, when
+    that is not the innermost loop and spans whole vectors (NHWC → NCHW: the channel loop)."""
+    info = get_sblock_info(sch, block)
+    reads = sch.get(block).reads
+    if len(reads) != 1 or not _trivially_bound(sch, info):
+        return None
+    last = _expr_vars(reads[0].region[-1].min)
+    hits = [i for i, iv in enumerate(info.iters) if iv.var in last]
+    if len(hits) != 1 or hits[0] == len(extents) - 1 or extents[hits[0]] < width:
+        return None
+    return hits[0]
