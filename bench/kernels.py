@@ -1,8 +1,9 @@
 """Kernel report of resnet18, mobilenet_v2 and CIFAR ResNet-56 (BN folded) against the GEMM peak.
 
 For each model: every fused kernel's share of run time and GFLOP/s, with graphopt's default
-schedules (no cache) and with the tuning cache's schedule where the cache has one (nothing is
-tuned here: run bench/compile.py or bench/e2e_cifar.py first to fill the cache). The peak is a 2048² float32
+schedules (no cache) and with the schedules bench/compile.py tuned for it (its cache for
+``--per-task``, default 2; nothing is tuned here: run bench/compile.py first, else that
+section is left out). The peak is a 2048² float32
 GEMM through PyTorch on 2 threads, measured in the same run.
 
     python bench/kernels.py [--models resnet18 ...]
@@ -22,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
+SCRATCH = ROOT / "bench" / "scratch" / "compile"  # bench/compile.py's tuning caches
 
 
 def folded(name: str):
@@ -39,6 +41,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet56", "resnet18", "mobilenet_v2"])
+    parser.add_argument("--per-task", type=int, default=2, help="bench/compile.py's budget")
     args = parser.parse_args()
     torch.set_num_threads(2)
     peak = measure_gemm_peak(threads=2)
@@ -46,7 +49,12 @@ def main() -> None:
     lines = ["# Kernel report (bench/kernels.py)", "", f"Measured peak: {peak:.1f} GFLOP/s.", ""]
     for name in args.models:
         model, x = folded(name)
-        for label, tuning in (("default schedules", None), ("tuning cache", Tuning())):
+        builds = [("default schedules", None)]
+        cache = SCRATCH / f"{name}-cache-{args.per_task}"
+        if cache.is_dir():
+            label = f"tuned {args.per_task}/task (bench/compile.py's cache)"
+            builds.append((label, Tuning(trials=0, cache_dir=cache, progress=False)))
+        for label, tuning in builds:
             report = kernel_report(model, x, tuning=tuning, peak_gflops=peak)
             convs = [k for k in report.kernels if "conv2d" in k.name]
             conv_time = sum(k.calls * k.ms for k in convs)
