@@ -90,9 +90,9 @@ def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: boo
         mod = from_exported_program(program, keep_params_as_input=False)
     except Exception as exc:  # an op TVM's frontend does not know
         raise CompileError(f"TVM's torch.export frontend failed: {exc}") from exc
+    mod = fold_batch_norm(mod)
     if target.device == "cuda" and (tuning is None or not _gpu_tunable(target, tuning)):
         return mod, None  # tvm.compile's CUDA pipeline schedules with dlight
-    mod = fold_batch_norm(mod)
     if target.device == "cpu":
         mod = channels_last(mod)
     prefix = [

@@ -214,3 +214,9 @@ def test_layout_transposes_vectorise_inside_a_loop_over_the_inputs_contiguous_ax
         vector = next(i for i, line in enumerate(lines) if "T.vectorized" in line)
         assert lines[vector - 1].startswith("for ax") and "in range(" in lines[vector - 1], script
         assert "T.parallel" in lines[vector - 2], script
+
+
+def test_batch_norm_is_folded_for_cuda_too():
+    """Before dlight schedules it: the Relax module keeps only the shared convolution's BN."""
+    script = lowered(conv_bn_model(), torch.randn(1, 3, 12, 12), target="cuda").script()
+    assert script.count("R.nn.batch_norm(") == 1 and script.count("R.nn.conv2d(") == 4
