@@ -50,6 +50,11 @@ def build_model(name: str):
     return getattr(torchvision.models, name)().eval(), torch.randn(1, 3, 224, 224)
 
 
+def tuning_cache(name: str, per_task: int) -> Path:
+    """The tuning database this benchmark fills for ``name`` at ``per_task`` trials a task."""
+    return SCRATCH / f"{name}-cache-{per_task}"
+
+
 def ort_session(onnx_path: Path):
     import onnxruntime as ort
 
@@ -71,7 +76,7 @@ def run_model(name: str, budgets: list[int], rounds: int) -> dict:
     row["builds"]["graphopt untuned"] = {"compile_s": time.perf_counter() - start}
     artifacts["graphopt untuned"] = untuned
     for per_task in budgets:
-        cache = SCRATCH / f"{name}-cache-{per_task}"
+        cache = tuning_cache(name, per_task)
         shutil.rmtree(cache, ignore_errors=True)
         tuning = Tuning(per_task=per_task, cache_dir=cache, progress=sys.stderr.isatty())
         start = time.perf_counter()

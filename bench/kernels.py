@@ -23,7 +23,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-SCRATCH = ROOT / "bench" / "scratch" / "compile"  # bench/compile.py's tuning caches
 
 
 def folded(name: str):
@@ -36,6 +35,7 @@ def folded(name: str):
 
 
 def main() -> None:
+    from bench.compile import tuning_cache
     from graphopt.compiler import Tuning
     from graphopt.compiler.kernels import kernel_report, measure_gemm_peak
 
@@ -50,7 +50,7 @@ def main() -> None:
     for name in args.models:
         model, x = folded(name)
         builds = [("default schedules", None)]
-        cache = SCRATCH / f"{name}-cache-{args.per_task}"
+        cache = tuning_cache(name, args.per_task)
         if cache.is_dir():
             label = f"tuned {args.per_task}/task (bench/compile.py's cache)"
             builds.append((label, Tuning(trials=0, cache_dir=cache, progress=False)))

@@ -117,13 +117,12 @@ class TuningSummary(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-def target_cache_dir(root: Path, target: ResolvedTarget, version: int | None = None) -> Path:
+def target_cache_dir(root: Path, target: ResolvedTarget) -> Path:
     """One database per target and records version: records measured for one CPU never steer
     another, nor records measured against older default schedules or another method."""
     key = json.dumps(target.spec, sort_keys=True)
-    version = RECORDS_VERSION if version is None else version
-    if version > 1:  # version 1 databases were keyed by the target alone
-        key += f"/records-v{version}"
+    if RECORDS_VERSION > 1:  # version 1 databases were keyed by the target alone
+        key += f"/records-v{RECORDS_VERSION}"
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -290,15 +290,13 @@ def schedule_injective_block(sch, block, width: int) -> None:
     if not loops or any(e is None for e in extents):
         return
     lanes_ = vector_lanes(extents[-1], width)
-    across = _transposed_loop(sch, block, extents, width)
-    if lanes_ > 1 and across is not None:
+    if lanes_ > 1:
+        across = _transposed_loop(sch, block, extents, width)
         outer, vector = sch.split(loops[-1], [None, lanes_])
-        sch.reorder(outer, loops[across])
+        if across is not None:  # the serial loop the vectors gather along goes inside
+            sch.reorder(outer, loops[across])
         sch.vectorize(vector)
-        loops = sch.get_loops(block)[:-2]
-    elif lanes_ > 1:
-        sch.vectorize(sch.split(loops[-1], [None, lanes_])[1])
-        loops = sch.get_loops(block)[:-1]
+        loops = sch.get_loops(block)[: -1 if across is None else -2]
     elif extents[-1] < width and len(loops) > 2 and math.prod(extents[:-2]) >= _MIN_PARALLEL:
         sch.unroll(loops[-1])
         loops = loops[:-2]
