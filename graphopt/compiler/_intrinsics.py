@@ -42,10 +42,13 @@ def cpu_intrinsics_only():
 
 
 def build_candidate(mod, target, params):
-    """TVM's ``default_build`` for one candidate, with only the CPU intrinsics registered."""
-    from tvm.driver import build
+    """TVM's ``default_build`` for one candidate, with only the CPU intrinsics registered and
+    graphopt's lowering pipeline (a candidate is measured as ``compile`` will build it)."""
+    import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from graphopt.compiler.lowering import pipeline_for
 
     with cpu_intrinsics_only():
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-        return build(mod, target=target)
+        return tvm.tirx.build(mod, target=target, pipeline=pipeline_for(target))

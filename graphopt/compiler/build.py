@@ -19,6 +19,7 @@ from torch import nn
 from graphopt.compiler.artifact import Artifact, staging_dir
 from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.layout import channels_last
+from graphopt.compiler.lowering import compile_module
 from graphopt.compiler.manifest import (
     LIBRARY,
     MANIFEST,
@@ -134,10 +135,8 @@ def _gpu_tunable(target: ResolvedTarget, tuning: Tuning) -> bool:
 
 
 def _build(mod, target: ResolvedTarget, path: Path) -> None:
-    import tvm
-
     try:
-        executable = tvm.compile(mod, target=target.tvm())
+        executable = compile_module(mod, target.tvm())
         if target.cross_compiler:
             from tvm.support import cc
 

@@ -188,7 +188,9 @@ def _time_kernel(func_mod, tvm_target, repeats: int) -> float:
     import tvm
     import tvm.s_tir.meta_schedule as ms
 
-    runtime = tvm.compile(func_mod, target=tvm_target).jit()
+    from graphopt.compiler.lowering import compile_module
+
+    runtime = compile_module(func_mod, tvm_target).jit()
     generator = np.random.default_rng(0)
     args = [
         tvm.runtime.tensor(_random(generator, [int(d) for d in info.shape], info.dtype))

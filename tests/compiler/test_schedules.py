@@ -105,9 +105,10 @@ def run_compiled(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     import tvm
     from tvm import relax
 
+    from graphopt.compiler.lowering import compile_module
     from graphopt.compiler.targets import resolve_target
 
-    executable = tvm.compile(lowered(model, x), target=resolve_target("llvm").tvm())
+    executable = compile_module(lowered(model, x), resolve_target("llvm").tvm())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x.numpy()))
     return (out if hasattr(out, "numpy") else out[0]).numpy()
