@@ -19,18 +19,24 @@ def baseline_records(
     """Measured default-schedule records, ``variants`` tiles per task (the default and its
     alternatives), for the tasks whose default the cache lacks, built and run by the tuning's
     own ``builder`` and ``runner``."""
-    import tvm.s_tir.meta_schedule as ms
-
     todo: list[tuple[Any, Any]] = []
     for task in tasks:
         if not _has_baseline(cache, task.dispatched[0]):
             todo += [(task, sch) for sch in _variants(task, constants, tvm_target, variants)]
-    if not todo:
+    return measure(todo, tvm_target, builder, runner)
+
+
+def measure(pairs, tvm_target, builder, runner) -> list:
+    """Tuning records of ``(task, schedule)`` pairs, built and run like MetaSchedule's
+    candidates; a schedule that fails to build or run is left out."""
+    import tvm.s_tir.meta_schedule as ms
+
+    if not pairs:
         return []
-    built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in todo])
+    built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in pairs])
     records = []
     inputs, kept = [], []
-    for (task, sch), result in zip(todo, built, strict=True):
+    for (task, sch), result in zip(pairs, built, strict=True):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
             inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))

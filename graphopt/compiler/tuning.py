@@ -1,8 +1,10 @@
 """MetaSchedule tuning with a shared, persistent cache.
 
 ``Tuning`` is the user's config. :func:`tune_and_apply` extracts the model's tuning tasks, skips
-those the cache already has records for, tunes the rest in a private work directory, merges the
-new records into the cache under a file lock, and applies the best known schedule of every task.
+those the cache already has records for, tunes the rest in a private work directory (starting
+from the cache's records of similar workloads, :mod:`.transfer`, and graphopt's default
+schedules, :mod:`._baseline`), merges the new records into the cache under a file lock, and
+applies the best known schedule of every task.
 Two processes tuning into one cache never write it at the same time; a task both tuned simply
 gets two records and the faster wins.
 """
@@ -22,10 +24,12 @@ from typing import Annotated, Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from graphopt.compiler._baseline import baseline_records, measure
 from graphopt.compiler._intrinsics import cpu_intrinsics_only
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
 from graphopt.compiler.threads import threads_for_children
+from graphopt.compiler.transfer import transferred_schedules
 from graphopt.errors import CompileError
 
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -81,6 +85,15 @@ class Tuning(BaseModel):
         "targets this host runs): the default tile and its alternatives (other register "
         "shapes, other loop order); the cache keeps the fastest.",
     )
+    transfer: int = Field(
+        default=2,
+        ge=0,
+        le=8,
+        description="Records of similar workloads in the cache (the same kernel with other "
+        "shapes, e.g. before pruning) replayed on each new task with their tile sizes refitted, "
+        "measured, and given to the search as starting points (CPU targets this host runs); "
+        "0 = start from the default schedules only.",
+    )
     rpc: RPC | None = Field(default=None, description="Measure on a remote device.")
     progress: bool = Field(default=True, description="Show a live progress display.")
     seed: int = Field(default=0, description="Search seed.")
@@ -111,6 +124,12 @@ class TuningSummary(BaseModel):
         "measured by this run and stored as records (the cache's best per task is then never "
         "slower than the best of them).",
     )
+    transferred: int = Field(
+        default=0,
+        ge=0,
+        description="Schedules of similar workloads replayed on this run's new tasks, measured "
+        "and stored as records (the search started from them).",
+    )
     tasks_applied: int = Field(ge=0, description="Tasks compiled with a tuned schedule.")
     seconds: float = Field(ge=0, description="Wall time of task extraction, tuning and merging.")
     cache_dir: str = Field(description="Database directory used for this target.")
@@ -130,14 +149,15 @@ def target_cache_dir(root: Path, target: ResolvedTarget) -> Path:
 def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     """Tune what the cache does not know, then apply the cache: ``(module, TuningSummary)``.
 
-    On a CPU this host runs, a tuning run (budget > 0) also measures graphopt's default
-    schedule of every task the cache has no measurement of it for and stores it as a record:
-    the cache then holds, per task, the faster of the default and MetaSchedule's best.
+    On a CPU this host runs, a tuning run (budget > 0) first measures the schedules of
+    similar workloads the cache knows, refitted to each new task (``Tuning.transfer``), and
+    starts the search from them; it also measures graphopt's default schedule of every task
+    the cache has no measurement of it for and stores it as a record: the cache then holds,
+    per task, the fastest of the defaults, the transfers and MetaSchedule's best.
     """
     import tvm.s_tir.meta_schedule as ms
     from tvm import relax
 
-    from graphopt.compiler._baseline import baseline_records
     from graphopt.compiler.schedules import constant_params
 
     start = time.perf_counter()
@@ -150,6 +170,14 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     todo = [t for t in tasks if not _known(cache, t, tvm_target)]
     notes: list[str] = []
     trials, new_records = 0, 0
+    measures_here = target.device == "cpu" and target.can_measure_locally
+    transfers = []
+    if todo and tuning.trials != 0 and measures_here:
+        pairs = transferred_schedules(todo, cache, tuning.transfer)
+        with _measuring_threads(target):
+            transfers = measure(pairs, tvm_target, _builder(tvm_target), _local())
+        if transfers:
+            cache = _merge(db_dir, transfers)
     if todo and _budget(tuning, len(todo)) > 0:
         if tuning.rpc is None and not target.can_measure_locally:
             notes.append(
@@ -158,10 +186,10 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
             )
         else:
             with _measuring_threads(target):
-                records, trials = _tune(todo, tvm_target, tuning)
+                records, trials = _tune(todo, tvm_target, tuning, transfers)
             cache, new_records = _merge(db_dir, records), len(records)
     baselines = []
-    if tuning.trials != 0 and target.device == "cpu" and target.can_measure_locally:
+    if tuning.trials != 0 and measures_here:
         constants = constant_params(mod)
         builder = _builder(tvm_target)
         with _measuring_threads(target):
@@ -180,6 +208,7 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         trials=trials,
         new_records=new_records,
         defaults_measured=len(baselines),
+        transferred=len(transfers),
         tasks_applied=applied,
         seconds=time.perf_counter() - start,
         cache_dir=str(db_dir),
@@ -202,10 +231,21 @@ def _budget(tuning: Tuning, n_tasks: int) -> int:
     return tuning.per_task * n_tasks if tuning.trials is None else tuning.trials
 
 
-def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
+def _tune(todo, tvm_target, tuning: Tuning, seeds=()) -> tuple[list[Any], int]:
+    """MetaSchedule's search over ``todo``; its database starts with the ``seeds`` (measured
+    records of these tasks), whose traces join the first population. Returns the new records."""
     import tvm.s_tir.meta_schedule as ms
 
     budget = _budget(tuning, len(todo))
+    database = ms.database.MemoryDatabase()
+    for seed in seeds:
+        workload = database.commit_workload(seed.workload.mod)
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                seed.trace, workload, seed.run_secs, seed.target, seed.args_info
+            )
+        )
+    seeded = {str(seed.trace) for seed in seeds}
     with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work, _quiet_tvm_logs():
         with _intrinsics_for(tvm_target):
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -224,12 +264,13 @@ def _tune(todo, tvm_target, tuning: Tuning) -> tuple[list[Any], int]:
                     num_trials_per_iter=min(tuning.per_iter, tuning.per_task),
                     builder=_builder(tvm_target),
                     runner=_runner(tuning),
-                    database="memory",
+                    database=database,
                     measure_callbacks=callbacks,
                 )
         except Exception as exc:  # TVM raises its own error types from C++
             raise CompileError(f"MetaSchedule tuning failed: {exc}") from exc
-        return list(db.get_all_tuning_records()), progress.trials
+        new = [r for r in db.get_all_tuning_records() if str(r.trace) not in seeded]
+        return new, progress.trials
 
 
 @contextlib.contextmanager

@@ -84,6 +84,29 @@ def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
     )
 
 
+def test_a_pruned_sibling_starts_from_the_records_of_the_original(tmp_path):
+    """The cache knows a 16→32 convolution; a compile of its 16→24 sibling replays that record
+    refitted, measures it, stores it (marked) and still computes the sibling's numbers."""
+    from graphopt.compiler.transfer import MARK
+
+    def conv(cout):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(16, cout, 3, padding=1), nn.ReLU()).eval()
+
+    x = torch.randn(1, 16, 8, 8)
+    tuning = Tuning(cache_dir=tmp_path, per_task=1, per_iter=1, default_variants=1, progress=False)
+    original = graphopt.compile(conv(32), x, tuning=tuning).manifest.tuning
+    assert original.transferred == 0  # an empty cache knows nothing similar
+    sibling = conv(24)
+    artifact = graphopt.compile(sibling, x, tuning=tuning)
+    summary = artifact.manifest.tuning
+    assert summary.transferred >= 1
+    marked = [r for r in record_lines(tmp_path) if MARK in json.dumps(r)]
+    assert len(marked) == summary.transferred
+    with torch.no_grad():
+        assert torch.allclose(artifact(x), sibling(x), atol=1e-4)
+
+
 def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
     model, x = mlp(12, 6), torch.randn(1, 12)
     summary = graphopt.compile(model, x, tuning=Tuning(trials=0, cache_dir=tmp_path)).manifest
