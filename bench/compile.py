@@ -161,6 +161,8 @@ def write_markdown(result: dict) -> str:
         ),
         "",
     ]
+    if result.get("note"):
+        lines += [result["note"], ""]
     for row in result["models"]:
         lines += [
             f"## {row['model']} {tuple(row['input'])}",

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from graphopt.compiler._baseline import baseline_records, measure
+from graphopt.compiler._baseline import baseline_records, measure, recheck_winners
 from graphopt.compiler._intrinsics import cpu_intrinsics_only
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
@@ -130,6 +130,13 @@ class TuningSummary(BaseModel):
         description="Schedules of similar workloads replayed on this run's new tasks, measured "
         "and stored as records (the search started from them).",
     )
+    rechecked: int = Field(
+        default=0,
+        ge=0,
+        description="Records measured again: for each task whose fastest record was not a "
+        "default schedule, that record and the best default, back to back (a noisy first "
+        "measurement never decides for good).",
+    )
     tasks_applied: int = Field(ge=0, description="Tasks compiled with a tuned schedule.")
     seconds: float = Field(ge=0, description="Wall time of task extraction, tuning and merging.")
     cache_dir: str = Field(description="Database directory used for this target.")
@@ -153,7 +160,8 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     similar workloads the cache knows, refitted to each new task (``Tuning.transfer``), and
     starts the search from them; it also measures graphopt's default schedule of every task
     the cache has no measurement of it for and stores it as a record: the cache then holds,
-    per task, the fastest of the defaults, the transfers and MetaSchedule's best.
+    per task, the fastest of the defaults, the transfers and MetaSchedule's best. A task won
+    by a schedule other than a default gets both re-measured (:func:`recheck_winners`).
     """
     import tvm.s_tir.meta_schedule as ms
     from tvm import relax
@@ -198,6 +206,12 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
             )
         if baselines:
             cache = _merge(db_dir, baselines)
+    rechecked = []
+    if (trials or transfers) and measures_here:
+        with _measuring_threads(target):
+            rechecked = recheck_winners(todo, cache, tvm_target, _builder(tvm_target), _local())
+        if rechecked:
+            cache = _merge(db_dir, rechecked)
     applied = sum(_known(cache, t, tvm_target) for t in tasks)
     with tvm_target, cache:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -209,6 +223,7 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         new_records=new_records,
         defaults_measured=len(baselines),
         transferred=len(transfers),
+        rechecked=len(rechecked),
         tasks_applied=applied,
         seconds=time.perf_counter() - start,
         cache_dir=str(db_dir),

@@ -121,3 +121,32 @@ def test_only_the_same_operator_and_epilogue_are_similar():
     gelu, _ = _conv_task(16, 32, act=nn.GELU)
     assert signature(relu.dispatched[0])[0] == signature(other_shape.dispatched[0])[0]
     assert signature(relu.dispatched[0])[0] != signature(gelu.dispatched[0])[0]
+
+
+def test_a_default_measured_slow_once_is_measured_again_beside_the_record_that_beat_it():
+    """A default schedule whose only record is inflated (as by a busy machine) and a
+    MetaSchedule record that beat it: both are re-measured, and the fresh default record is a
+    real time, so the truly faster schedule decides."""
+    import tvm.s_tir.meta_schedule as ms
+
+    from graphopt.compiler._baseline import TAG, _variants, recheck_winners
+    from graphopt.compiler.tuning import _builder, _local
+
+    task, target = _conv_task(16, 32)
+    tvm_target = target.tvm()
+    mod = task.dispatched[0]
+    cache = ms.database.MemoryDatabase()
+    workload = cache.commit_workload(mod)
+    default = _variants(task, {}, tvm_target, 1)[0]
+    searched = _design_trace(task, target)
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    for trace, seconds in ((default.trace, 1.0), (searched, 0.5)):
+        cache.commit_tuning_record(
+            ms.database.TuningRecord(trace, workload, [seconds], tvm_target, args)
+        )
+    fresh = recheck_winners([task], cache, tvm_target, _builder(tvm_target), _local())
+    assert len(fresh) == 2 and sum(TAG in str(r.trace) for r in fresh) == 1
+    assert all(max(float(s) for s in r.run_secs) < 0.1 for r in fresh)  # real times, not 1 s
+    for record in fresh:
+        cache.commit_tuning_record(record)
+    assert recheck_winners([task], ms.database.MemoryDatabase(), tvm_target, None, None) == []

@@ -45,7 +45,7 @@ def test_second_compile_reuses_the_cache(tmp_path):
     # every task's default schedules were measured too, once, and stored beside the tuned ones
     assert first.defaults_measured >= first.tasks
     records = len(record_lines(tmp_path))
-    assert records == first.new_records + first.defaults_measured
+    assert records == first.new_records + first.defaults_measured + first.rechecked
 
     artifact = graphopt.compile(model, x, tuning=tuning)
     second = artifact.manifest.tuning
@@ -102,7 +102,8 @@ def test_a_pruned_sibling_starts_from_the_records_of_the_original(tmp_path):
     summary = artifact.manifest.tuning
     assert summary.transferred >= 1
     marked = [r for r in record_lines(tmp_path) if MARK in json.dumps(r)]
-    assert len(marked) == summary.transferred
+    # each transfer once, plus again where one won and was re-measured beside the default
+    assert summary.transferred <= len(marked) <= summary.transferred + summary.rechecked
     with torch.no_grad():
         assert torch.allclose(artifact(x), sibling(x), atol=1e-4)
 
