@@ -7,6 +7,9 @@ from copies of that cache, with ``transfer=2`` and ``transfer=0``, and the two a
 untuned one and ONNX Runtime are timed in one interleaved run (batch 1, 2 threads).
 
     python bench/transfer.py [--ratio 2.0] [--per-task 2]
+    python bench/transfer.py --time-only   # re-time from the caches a previous run left
+
+The artifacts are compiled from the caches (``trials=0``) for timing, after all tuning is done.
 
 Writes bench/results/transfer.{json,md}; caches under bench/scratch/transfer/.
 """
@@ -53,30 +56,47 @@ def tuned(model, example, cache: Path, per_task: int, transfer: int) -> tuple[ob
     return artifact, {**summary, "wall_s": time.perf_counter() - start}
 
 
+def tune(model, original, example, per_task: int) -> dict:
+    """Tune the original, then the pruned model from two copies of its cache."""
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    base = SCRATCH / "original-cache"
+    _, original_summary = tuned(original, example, base, per_task, transfer=0)
+    runs = {"original": original_summary}
+    for label, transfer in LABELS.items():
+        cache = SCRATCH / f"cache-{transfer}"
+        shutil.copytree(base, cache)
+        runs[label] = tuned(model, example, cache, per_task, transfer)[1]
+        print(label, json.dumps(runs[label]), flush=True)
+    (SCRATCH / "runs.json").write_text(json.dumps(runs, indent=2))
+    return runs
+
+
+LABELS = {"transfer 2": 2, "transfer 0": 0}
+
+
 def main() -> None:
     import graphopt
-    from bench.compile import ort_session
+    from bench.compile import BURST, DISCARD, ort_session
+    from graphopt.compiler import Tuning
     from graphopt.compiler.benchmark import time_interleaved
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=2.0)
     parser.add_argument("--per-task", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--time-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
-    shutil.rmtree(SCRATCH, ignore_errors=True)
     original, model, example = pruned(args.ratio)
-    base = SCRATCH / "original-cache"
-    _, original_summary = tuned(original, example, base, args.per_task, transfer=0)
-    runs, artifacts = {"original": original_summary}, {}
-    for label, transfer in (("transfer 2", 2), ("transfer 0", 0)):
-        cache = SCRATCH / f"cache-{transfer}"
-        shutil.copytree(base, cache)
-        artifacts[f"tuned, {label}"], runs[label] = tuned(
-            model, example, cache, args.per_task, transfer
-        )
-        print(label, json.dumps(runs[label]), flush=True)
+    if args.time_only:
+        runs = json.loads((SCRATCH / "runs.json").read_text())
+    else:
+        runs = tune(model, original, example, args.per_task)
+    artifacts = {}
+    for label, transfer in LABELS.items():
+        cached = Tuning(trials=0, cache_dir=SCRATCH / f"cache-{transfer}", progress=False)
+        artifacts[f"tuned, {label}"] = graphopt.compile(model, example, "llvm", tuning=cached)
     artifacts["untuned"] = graphopt.compile(model, example, "llvm", tuning=None)
     artifacts["untuned"].save(SCRATCH / "untuned")
     session, name = ort_session(SCRATCH / "untuned" / "model.onnx")
@@ -86,7 +106,7 @@ def main() -> None:
     with torch.no_grad():
         want = model(example).numpy()
     errors = {k: float(np.abs(a(x) - want).max()) for k, a in artifacts.items()}
-    timings = time_interleaved(contenders, rounds=args.rounds, burst=5, discard=1)
+    timings = time_interleaved(contenders, rounds=args.rounds, burst=BURST, discard=DISCARD)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "ratio": args.ratio,
@@ -108,7 +128,8 @@ def markdown(result: dict) -> str:
         "",
         f"CIFAR ResNet-56 pruned to 1/{result['ratio']:g} of its MACs; the original tuned first "
         f"({result['per_task']} trials per task) into the cache both runs start from. "
-        "Batch 1, 2 threads, one interleaved timing run (`python bench/transfer.py`).",
+        "Batch 1, 2 threads, one interleaved timing run of turns of 20 calls, the first 5 not "
+        "counted (`python bench/transfer.py`; artifacts compiled from the caches after tuning).",
         "",
         "| run | tasks tuned | transferred | trials | tuning s | median ms | p10-p90 | vs ORT |",
         "|---|---|---|---|---|---|---|---|",

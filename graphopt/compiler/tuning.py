@@ -169,23 +169,15 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     from graphopt.compiler.schedules import constant_params
 
     start = time.perf_counter()
-    tvm_target = target.tvm()
-    db_dir = target_cache_dir(tuning.cache_root(), target)
-    db_dir.mkdir(parents=True, exist_ok=True)
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    with _locked(db_dir):
-        cache = _open(db_dir)  # read whole into memory; queries and apply never touch the file
-    todo = [t for t in tasks if not _known(cache, t, tvm_target)]
+    run = _Run(target, tuning)
+    tasks = ms.relax_integration.extract_tasks(mod, run.tvm_target)
+    todo = [t for t in tasks if not run.known(t)]
     notes: list[str] = []
-    trials, new_records = 0, 0
-    measures_here = target.device == "cpu" and target.can_measure_locally
-    transfers = []
-    if todo and tuning.trials != 0 and measures_here:
-        pairs = transferred_schedules(todo, cache, tuning.transfer)
-        with _measuring_threads(target):
-            transfers = measure(pairs, tvm_target, _builder(tvm_target), _local())
-        if transfers:
-            cache = _merge(db_dir, transfers)
+    local = tuning.trials != 0 and target.device == "cpu" and target.can_measure_locally
+    transfers, records, trials, baselines, rechecked = [], [], 0, [], []
+    if todo and local:
+        pairs = transferred_schedules(todo, run.cache, tuning.transfer)
+        transfers = run.measured(lambda: measure(pairs, run.tvm_target, run.builder, _local()))
     if todo and _budget(tuning, len(todo)) > 0:
         if tuning.rpc is None and not target.can_measure_locally:
             notes.append(
@@ -193,44 +185,70 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
                 "this host; give Tuning(rpc=RPC(tracker=..., key=...)) to tune on a device"
             )
         else:
-            with _measuring_threads(target):
-                records, trials = _tune(todo, tvm_target, tuning, transfers)
-            cache, new_records = _merge(db_dir, records), len(records)
-    baselines = []
-    if tuning.trials != 0 and measures_here:
+            records, trials = run.search(todo, transfers)
+    if local:
         constants = constant_params(mod)
-        builder = _builder(tvm_target)
-        with _measuring_threads(target):
-            baselines = baseline_records(
-                tasks, constants, cache, tvm_target, builder, _local(), tuning.default_variants
+        variants = tuning.default_variants
+        baselines = run.measured(
+            lambda: baseline_records(
+                tasks, constants, run.cache, run.tvm_target, run.builder, _local(), variants
             )
-        if baselines:
-            cache = _merge(db_dir, baselines)
-    rechecked = []
-    if (trials or transfers) and measures_here:
-        with _measuring_threads(target):
-            rechecked = recheck_winners(todo, cache, tvm_target, _builder(tvm_target), _local())
-        if rechecked:
-            cache = _merge(db_dir, rechecked)
-    applied = sum(_known(cache, t, tvm_target) for t in tasks)
-    with tvm_target, cache:
+        )
+    if local and (trials or transfers):
+        rechecked = run.measured(
+            lambda: recheck_winners(todo, run.cache, run.tvm_target, run.builder, _local())
+        )
+    applied = sum(run.known(t) for t in tasks)
+    with run.tvm_target, run.cache:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     summary = TuningSummary(
         tasks=len(tasks),
         tasks_from_cache=len(tasks) - len(todo),
         tasks_tuned=len(todo) if trials else 0,
         trials=trials,
-        new_records=new_records,
+        new_records=len(records),
         defaults_measured=len(baselines),
         transferred=len(transfers),
         rechecked=len(rechecked),
         tasks_applied=applied,
         seconds=time.perf_counter() - start,
-        cache_dir=str(db_dir),
+        cache_dir=str(run.db_dir),
         remote=f"{tuning.rpc.tracker}/{tuning.rpc.key}" if tuning.rpc else None,
         notes=notes,
     )
     return mod, summary
+
+
+class _Run:
+    """One tuning run's cache: read whole into memory (queries and apply never touch the
+    file), re-read whenever this run merges records into it."""
+
+    def __init__(self, target: ResolvedTarget, tuning: Tuning) -> None:
+        self.target, self.tuning = target, tuning
+        self.tvm_target = target.tvm()
+        self.builder = _builder(self.tvm_target)
+        self.db_dir = target_cache_dir(tuning.cache_root(), target)
+        self.db_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.db_dir):
+            self.cache = _open(self.db_dir)
+
+    def known(self, task) -> bool:
+        return _known(self.cache, task, self.tvm_target)
+
+    def measured(self, measure_records) -> list:
+        """Records ``measure_records()`` measures on the target's threads, merged."""
+        with _measuring_threads(self.target):
+            records = measure_records()
+        if records:
+            self.cache = _merge(self.db_dir, records)
+        return records
+
+    def search(self, todo, seeds) -> tuple[list, int]:
+        """MetaSchedule's search over ``todo``, its records merged: ``(records, trials)``."""
+        with _measuring_threads(self.target):
+            records, trials = _tune(todo, self.tvm_target, self.tuning, seeds)
+        self.cache = _merge(self.db_dir, records)
+        return records, trials
 
 
 def _measuring_threads(target: ResolvedTarget):
