@@ -46,7 +46,7 @@ EXPECTED_ALL = {
 }
 
 TUNING_DEFAULT = (
-    "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, default_variants=6, rpc=None, "
+    "Tuning(trials=None, per_task=8, per_iter=8, cache_dir=None, default_variants=6, transfer=2, rpc=None, "
     "progress=True, seed=0)"
 )
 SIGNATURES = {
