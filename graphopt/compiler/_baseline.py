@@ -72,10 +72,15 @@ def _variants(task, constants, tvm_target, count: int) -> list:
 
 
 def _has_baseline(cache, mod) -> bool:
+    return any(TAG in str(r.trace) for r in _records(cache, mod))
+
+
+def _records(cache, mod) -> list:
+    """The cache's records of workload ``mod``, fastest first (none if it is unknown)."""
     if not cache.has_workload(mod):
-        return False
+        return []
     workload = cache.commit_workload(mod)  # present already: returns it, writes nothing
-    return any(TAG in str(r.trace) for r in cache.get_top_k(workload, 1 << 10))
+    return list(cache.get_top_k(workload, 1 << 10))
 
 
 def recheck_winners(tasks, cache, tvm_target, builder, runner) -> list:
@@ -89,11 +94,9 @@ def recheck_winners(tasks, cache, tvm_target, builder, runner) -> list:
     pairs = []
     for task in tasks:
         mod = task.dispatched[0]
-        if not cache.has_workload(mod):
-            continue
-        top = cache.get_top_k(cache.commit_workload(mod), 1 << 10)
+        top = _records(cache, mod)
         default = next((r for r in top if TAG in str(r.trace)), None)
-        if default is None or default is top[0] or TAG in str(top[0].trace):
+        if default is None or TAG in str(top[0].trace):
             continue
         for record in (top[0], default):
             sch = s_tir.Schedule(mod)
