@@ -77,9 +77,15 @@ def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
     tuning = Tuning(cache_dir=tmp_path, default_variants=4, per_task=1, per_iter=1, progress=False)
     summary = graphopt.compile(model, x, tuning=tuning).manifest.tuning
     defaults = [r for r in record_lines(tmp_path) if TAG in json.dumps(r)]
-    assert len(defaults) == summary.defaults_measured > summary.tasks
-    tiles = [json.dumps(r) for r in defaults]
-    assert len(set(tiles)) == len(tiles)  # distinct schedules, not one measured four times
+    traces = {json.dumps(trace) for _, (trace, *_) in defaults}
+    # distinct schedules, not one measured four times
+    assert len(traces) == summary.defaults_measured > summary.tasks
+    # a default is stored again where a searched record beat it and both were re-measured
+    assert (
+        summary.defaults_measured
+        <= len(defaults)
+        <= (summary.defaults_measured + summary.rechecked)
+    )
     single = Tuning(cache_dir=tmp_path / "one", default_variants=1, per_task=1, progress=False)
     assert graphopt.compile(model, x, tuning=single).manifest.tuning.defaults_measured == (
         summary.tasks
