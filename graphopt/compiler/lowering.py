@@ -8,7 +8,8 @@ accumulator in memory behind a pointer it could not see through. On the stack, L
 both to registers (MobileNetV2's 144-channel depthwise convolution at 56×56: 0.133 → 0.072 ms).
 
 :data:`PIPELINE` is TVM's default S-TIR pipeline with :func:`stack_buffers` run just before
-``LowerTVMBuiltin``; :func:`pipeline_for` names it for LLVM targets. Everything that builds
+``LowerTVMBuiltin`` (and, before it, :func:`.prefetch.insert_prefetches`, which places the
+weight prefetches the default schedules of weight-streaming kernels ask for); :func:`pipeline_for` names it for LLVM targets. Everything that builds
 kernels (``compile``, tuning candidates, the kernel report) builds them through it, so a kernel
 is measured as it will run.
 """
@@ -16,6 +17,8 @@ is measured as it will run.
 from __future__ import annotations
 
 from functools import cache
+
+from graphopt.compiler.schedules.prefetch import insert_prefetches
 
 PIPELINE = "graphopt"
 # The largest buffer put on the stack. Worker threads get 8 MiB stacks on Linux (512 KiB on
@@ -49,7 +52,8 @@ def _register() -> None:
         lower, finalize_host, finalize_device = default_s_tir_pipeline()
 
         def host():
-            return tvm.transform.Sequential([stack_buffers(), finalize_host()])
+            passes = [insert_prefetches(), stack_buffers(), finalize_host()]
+            return tvm.transform.Sequential(passes)
 
         return lower, host, finalize_device
 

@@ -36,10 +36,11 @@ _DB_FILES = ("database_workload.json", "database_tuning_record.json")
 # Records measured by different default schedules or a different measuring method do not
 # compare: a record timed warm, or a default that has since become faster, would still be
 # applied as "the fastest known". Bump this when either changes; older databases are then
-# left alone (not read, not deleted). 3: kernels built with graphopt's lowering (tile buffers
+# left alone (not read, not deleted). 4: weight-streaming defaults prefetch the next weight
+# block; 3: kernels built with graphopt's lowering (tile buffers
 # on the stack); 2: channels-last defaults, folded BatchNorm, cold-cache timing with 10
 # samples; 1: NCHW defaults, TVM's one warm sample.
-RECORDS_VERSION = 3
+RECORDS_VERSION = 4
 
 
 class RPC(BaseModel):

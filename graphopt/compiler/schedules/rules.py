@@ -14,7 +14,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from graphopt.compiler.schedules import TILE_ATTR
+from graphopt.compiler.schedules import TILE_ATTR, prefetch
 from graphopt.compiler.schedules.tiles import (
     PACK,
     Tile,
@@ -86,15 +86,18 @@ class ReductionRule(_CPURule):
         # padding the whole input first costs them as much memory traffic as their work; they
         # pad each tile's window instead (ResNet-18's max pool: 0.175 → 0.102 ms)
         weights = constants & {r.source.name for r in sch.get(main.block_rv).reads}
-        _apply_layouts(sch, main.block_rv, tile, producers)
+        packed = _apply_layouts(sch, main.block_rv, tile, producers)
         per_tile = producers if tile.register_reads_vectors or not weights else []
-        _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile)
+        # a weight-streaming kernel (blocks outermost, weights packed block by block)
+        stream = packed[0] if tile.blocks_outermost and len(packed) == 1 else None
+        _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile, stream)
         for producer in producers:
             if per_tile:
                 _vectorize_tile(sch, sch.get_loops(producer)[1:], width)
             else:
                 schedule_injective_block(sch, producer, width)
-        sch.annotate(sch.get_sblock("root"), TILE_ATTR, describe(tile, extents, width))
+        text = describe(tile, extents, width) + (", prefetch next block" if stream else "")
+        sch.annotate(sch.get_sblock("root"), TILE_ATTR, text)
         return True
 
 
@@ -138,20 +141,25 @@ def _layout_free_buffers(sch) -> set[str]:
     return {func.params[int(i)].name for i in indices}
 
 
-def _apply_layouts(sch, block, tile: Tile, producers) -> None:
+def _apply_layouts(sch, block, tile: Tile, producers) -> list[str]:
+    """Apply the tile's layouts; returns the packed buffers whose blocks of ``groups × lanes``
+    outputs are contiguous (the vector loop indexes their first dimension)."""
     var = sch.get(block).iter_vars[tile.vector_loop].var
+    contiguous = []
     for name, how in tile.layouts:
         if how == PACK:
-            _pack(sch, block, name, var, tile.lanes)
+            written, dim = _pack(sch, block, name, var, tile.lanes)
+            contiguous += [written] if dim == 0 else []
         else:
             _relayout(sch, block, name, var, producers)
+    return contiguous
 
 
-def _pack(sch, block, name: str, var, lanes_: int) -> None:
+def _pack(sch, block, name: str, var, lanes_: int) -> tuple[str, int]:
     """Read the constant ``name`` in a layout whose ``var`` dimension is split into
     ``(outer, …, lanes)``, lanes innermost. The copy is marked as a layout rewrite:
     ``SplitLayoutRewritePreproc`` moves it out of the kernel and ``FoldConstant`` runs it once,
-    at compile time."""
+    at compile time. Returns the packed buffer's name and the dimension split."""
     index, d = _read_dim(sch, block, name, var)
     copy = sch.cache_read(block, index, "global")
     sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", True)
@@ -163,6 +171,7 @@ def _pack(sch, block, name: str, var, lanes_: int) -> None:
     written = sch.get(copy).writes[0].source.name
     position = _read_dim(sch, block, written, None)[0]
     sch.transform_layout(block, ("read", position), tirx.IndexMap.from_func(layout, ndim=ndim))
+    return written, d
 
 
 def _relayout(sch, block, name: str, var, producers) -> None:
@@ -194,10 +203,13 @@ def _read_dim(sch, block, name: str, var) -> tuple[int, int | None]:
     return index, next(k for k, e in enumerate(dims) if var in _expr_vars(e))
 
 
-def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int, per_tile=()) -> None:
+def _tile_reduction(
+    sch, block, tile: Tile, spatial: int, width: int, per_tile=(), stream=None
+) -> None:
     """outer (parallel) × reduction × [rows (unrolled) × groups (unrolled) × lanes (vector)];
     the accumulator stays local, the epilogue runs on the tile as it is written back; the
-    ``per_tile`` producers compute the window each tile reads, inside its loop."""
+    ``per_tile`` producers compute the window each tile reads, inside its loop; the tiles of a
+    block of the packed weights ``stream`` prefetch the next block (see :mod:`.prefetch`)."""
     loops = sch.get_loops(block)
     space, reduce = list(loops[:spatial]), list(loops[spatial:])
     v_outer, v_group, v_lane = sch.split(space[tile.vector_loop], [None, tile.groups, tile.lanes])
@@ -210,6 +222,8 @@ def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int, per_tile=(
     if tile.blocks_outermost:
         outer.insert(0, outer.pop(tile.vector_loop))
     sch.reorder(*outer, *reduce, *inner)
+    if stream is not None and reduce and tile.blocks_outermost:
+        reduce = _prefetch_next_block(sch, block, stream, outer, reduce)
     accumulator = sch.cache_write(block, 0, "local")
     if tile.vector_loop != spatial - 1:  # the accumulator's vectors contiguous too
         sch.transform_layout(
@@ -227,6 +241,18 @@ def _tile_reduction(sch, block, tile: Tile, spatial: int, width: int, per_tile=(
     init = sch.decompose_reduction(block, reduce[0] if reduce else inner[0])
     for b in (init, epilogue):
         _vectorize_tile(sch, sch.get_loops(b)[1:], width)
+
+
+def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> list:
+    """Mark the reduction for :mod:`.prefetch`: the parallel loop runs ``blocks × tiles``
+    iterations, blocks outermost, each block of ``stream`` contiguous."""
+    blocks = _const(sch.get(outer[0]).extent)
+    tiles = math.prod(_const(sch.get(loop).extent) or 0 for loop in outer[1:])
+    weights = next(r.source for r in sch.get(block).reads if r.source.name == stream)
+    total = math.prod(_const(d) or 0 for d in weights.shape)
+    if not blocks or not tiles or not total or total % blocks:
+        return reduce
+    return prefetch.annotate(sch, reduce, stream, tiles, total // blocks)
 
 
 def _inline_epilogue(sch, writeback):
