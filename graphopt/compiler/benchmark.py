@@ -38,6 +38,9 @@ def time_interleaved(
     ``discard`` (default 1 with bursts) leading calls of each turn are not recorded: on a
     machine with no core to spare, the previous runtime's threads can slow several calls
     (measured: ONNX Runtime's MobileNetV2 median 7.9 ms in turns of 5 calls, 3.4 ms alone).
+    The order of the turns rotates from round to round, so that no contender always follows
+    the same one (the e2e bench's contender right after ONNX Runtime had p90s of 1.5–2× its
+    median, another one compiling the same code within 20 %).
     """
     skip = (1 if burst > 1 else 0) if discard is None else discard
     if skip >= burst:
@@ -46,8 +49,10 @@ def time_interleaved(
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    order = list(contenders.items())
+    for turn in range(rounds):
+        shift = turn % len(order)  # each contender follows every other equally often
+        for name, fn in order[shift:] + order[:shift]:
             for call in range(burst):
                 start = time.perf_counter()
                 fn()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from functools import cache
 
 from graphopt.compiler.schedules.prefetch import insert_prefetches
+from graphopt.compiler.tir_walk import children, with_children
 
 PIPELINE = "graphopt"
 # The largest buffer put on the stack. Worker threads get 8 MiB stacks on Linux (512 KiB on
@@ -82,28 +83,7 @@ def _rewrite(stmt, limit: int):
         if size is None or size > limit or _KEEP in stmt.annotations:
             return stmt
         return tirx.AllocBuffer(stmt.buffer, {**stmt.annotations, _KEEP: _true()}, stmt.span)
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s, limit) for s in stmt.seq]
-        unchanged = all(a.same_as(b) for a, b in zip(seq, stmt.seq, strict=True))
-        return stmt if unchanged else tirx.SeqStmt(seq, stmt.span)
-    if isinstance(stmt, tirx.For):
-        body = _rewrite(stmt.body, limit)
-        if body.same_as(stmt.body):
-            return stmt
-        fields = (stmt.thread_binding, stmt.annotations, stmt.step, stmt.span)
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, *fields)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _rewrite(stmt.body, limit)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body, stmt.span)
-    if isinstance(stmt, tirx.IfThenElse):
-        then = _rewrite(stmt.then_case, limit)
-        other = None if stmt.else_case is None else _rewrite(stmt.else_case, limit)
-        if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
-            return stmt
-        return tirx.IfThenElse(stmt.condition, then, other, stmt.span)
-    return stmt  # statements without a nested body (stores, calls, declarations)
+    return with_children(stmt, [_rewrite(child, limit) for child in children(stmt)])
 
 
 def buffer_bytes(buffer) -> int | None:

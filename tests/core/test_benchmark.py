@@ -1,4 +1,5 @@
-"""time_interleaved: every contender runs in every round; bursts drop the first call of a turn."""
+"""time_interleaved: every contender runs in every round, in an order that rotates; bursts drop
+the first call of a turn."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def test_discarded_calls_are_the_first_of_each_turn_and_never_all():
     assert timing["a"].rounds == 3 * 3 and timing["a"].p90_ms < 10
     with pytest.raises(ValueError, match="discard"):
         time_interleaved({"a": slow_then_fast}, rounds=1, burst=4, discard=4)
+
+
+def test_the_order_of_turns_rotates_so_each_contender_follows_every_other():
+    order = []
+    contenders = {k: (lambda _k=k: order.append(_k)) for k in "abc"}
+    time_interleaved(contenders, rounds=3, warmup=0)
+    assert order == list("abc" + "bca" + "cab")
+    follows = {(x, y) for x, y in zip(order, order[1:], strict=False) if x != y}
+    assert follows >= {("a", "b"), ("b", "c"), ("c", "a"), ("a", "c")}

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+from graphopt.compiler.tir_walk import children, with_children
+
 PREFETCH_ATTR = "graphopt.prefetch"  # loop annotation: "<buffer>:<tiles per block>:<elements>"
 _SPLIT = 16  # iterations of the innermost reduction loop between two bursts of prefetches
 _LINE_BYTES = 64
@@ -56,23 +58,12 @@ def insert_prefetches():
     return tvm.tirx.transform.prim_func_pass(transform, opt_level=0, name="GraphoptPrefetch")
 
 
-def _children(stmt) -> list:
-    from tvm import tirx
-
-    if isinstance(stmt, tirx.SeqStmt):
-        return list(stmt.seq)
-    if isinstance(stmt, tirx.IfThenElse):
-        return [s for s in (stmt.then_case, stmt.else_case) if s is not None]
-    body = getattr(stmt, "body", None)
-    return [body] if isinstance(body, tirx.Stmt) else []
-
-
 def _collect_buffers(stmt, found: dict) -> None:
     from tvm import tirx
 
     if isinstance(stmt, tirx.DeclBuffer) and len(stmt.buffer.shape) == 1:
         found.setdefault(stmt.buffer.name, stmt.buffer)  # the flattened view of a parameter
-    for child in _children(stmt):
+    for child in children(stmt):
         _collect_buffers(child, found)
 
 
@@ -81,37 +72,16 @@ def _rewrite(stmt, buffers: dict, parallel, serial: tuple):
     loop, ``serial`` the serial loops between it and ``stmt``."""
     from tvm import tirx
 
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s, buffers, parallel, serial) for s in stmt.seq]
-        same = all(a.same_as(b) for a, b in zip(seq, stmt.seq, strict=True))
-        return stmt if same else tirx.SeqStmt(seq, stmt.span)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _rewrite(stmt.body, buffers, parallel, serial)
-        same = body.same_as(stmt.body)
-        return stmt if same else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
-    if isinstance(stmt, tirx.IfThenElse):
-        then = _rewrite(stmt.then_case, buffers, parallel, serial)
-        return (
-            stmt
-            if then.same_as(stmt.then_case)
-            else tirx.IfThenElse(stmt.condition, then, stmt.else_case, stmt.span)
-        )
-    if not isinstance(stmt, tirx.For):
-        return stmt
-    if stmt.kind == tirx.ForKind.PARALLEL:
+    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
         parallel, serial = stmt, ()
-    else:
+    elif isinstance(stmt, tirx.For):
         serial = (*serial, stmt)
-    body = _rewrite(stmt.body, buffers, parallel, serial)
-    mark = stmt.annotations.get(PREFETCH_ATTR) if stmt.annotations else None
+    new = [_rewrite(child, buffers, parallel, serial) for child in children(stmt)]
+    mark = stmt.annotations.get(PREFETCH_ATTR) if isinstance(stmt, tirx.For) else None
     if mark is not None and parallel is not None:
         burst = _burst(str(mark), buffers, parallel, serial)
-        if burst is not None:
-            body = tirx.SeqStmt([burst, body])
-    if body.same_as(stmt.body):
-        return stmt
-    fields = (stmt.thread_binding, stmt.annotations, stmt.step, stmt.span)
-    return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, *fields)
+        new = new if burst is None else [tirx.SeqStmt([burst, new[0]])]
+    return with_children(stmt, new)
 
 
 def plan(elements: int, per_line: int, tiles: int, iterations: int) -> tuple[int, int]:
