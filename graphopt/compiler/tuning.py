@@ -24,7 +24,12 @@ from typing import Annotated, Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from graphopt.compiler._baseline import baseline_records, measure, recheck_winners
+from graphopt.compiler._baseline import (
+    applied_records,
+    baseline_records,
+    measure,
+    recheck_winners,
+)
 from graphopt.compiler._intrinsics import cpu_intrinsics_only
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
@@ -200,7 +205,7 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
             lambda: recheck_winners(todo, run.cache, run.tvm_target, run.builder, _local())
         )
     applied = sum(run.known(t) for t in tasks)
-    with run.tvm_target, run.cache:
+    with run.tvm_target, applied_records(run.cache, tasks):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     summary = TuningSummary(
         tasks=len(tasks),

@@ -261,3 +261,29 @@ def test_progress_counts_trials_and_best_latency():
     progress.record(1, [1e-3, 5e-4])
     assert (progress.trials, progress.failed) == (4, 1)
     assert progress.best == [2e-3, 5e-4]
+
+
+def _record(ms_mean: float, variant: int | None):
+    """A stand-in tuning record: its run times and (for a default) the variant annotation."""
+    from types import SimpleNamespace as NS
+
+    from graphopt.compiler._baseline import TAG
+
+    kind = NS(name="Annotate" if variant is not None else "Split")
+    insts = [NS(kind=kind, attrs=[TAG], inputs=[None, variant])]
+    return NS(trace=NS(insts=insts), run_secs=[ms_mean / 1e3] * 3)
+
+
+@pytest.mark.parametrize(
+    "best_ms,expected",
+    [(0.98, "default"), (0.96, "default"), (0.94, "best"), (0.61, "best")],
+)
+def test_the_default_tile_wins_ties_within_the_noise_margin(best_ms, expected):
+    from graphopt.compiler._baseline import TIE_MARGIN, prefer_default
+
+    assert TIE_MARGIN == pytest.approx(0.05)
+    best, other, default = _record(best_ms, 2), _record(0.99, None), _record(1.0, 0)
+    top = [best, other, default]  # fastest first, as the cache returns them
+    assert prefer_default(top) is (default if expected == "default" else best)
+    assert prefer_default([default, best]) is default  # already the fastest
+    assert prefer_default([best, other]) is best  # no default measured: the fastest
