@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -232,11 +233,16 @@ class _Run:
     def __init__(self, target: ResolvedTarget, tuning: Tuning) -> None:
         self.target, self.tuning = target, tuning
         self.tvm_target = target.tvm()
-        self.builder = _builder(self.tvm_target)
         self.db_dir = target_cache_dir(tuning.cache_root(), target)
         self.db_dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.db_dir):
             self.cache = _open(self.db_dir)
+
+    @cached_property
+    def builder(self):
+        """Built on first use: TVM's LocalBuilder starts a worker process to check itself
+        (2.9 s here), which a compile that only applies the cache does not need."""
+        return _builder(self.tvm_target)
 
     def known(self, task) -> bool:
         return _known(self.cache, task, self.tvm_target)
