@@ -90,13 +90,13 @@ class ReductionRule(_CPURule):
         per_tile = producers if tile.register_reads_vectors or not weights else []
         # a weight-streaming kernel (blocks outermost, weights packed block by block)
         stream = packed[0] if tile.blocks_outermost and len(packed) == 1 else None
-        _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile, stream)
+        prefetching = _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile, stream)
         for producer in producers:
             if per_tile:
                 _vectorize_tile(sch, sch.get_loops(producer)[1:], width)
             else:
                 schedule_injective_block(sch, producer, width)
-        text = describe(tile, extents, width) + (", prefetch next block" if stream else "")
+        text = describe(tile, extents, width) + (", prefetch next block" if prefetching else "")
         sch.annotate(sch.get_sblock("root"), TILE_ATTR, text)
         return True
 
@@ -205,11 +205,12 @@ def _read_dim(sch, block, name: str, var) -> tuple[int, int | None]:
 
 def _tile_reduction(
     sch, block, tile: Tile, spatial: int, width: int, per_tile=(), stream=None
-) -> None:
+) -> bool:
     """outer (parallel) × reduction × [rows (unrolled) × groups (unrolled) × lanes (vector)];
     the accumulator stays local, the epilogue runs on the tile as it is written back; the
     ``per_tile`` producers compute the window each tile reads, inside its loop; the tiles of a
-    block of the packed weights ``stream`` prefetch the next block (see :mod:`.prefetch`)."""
+    block of the packed weights ``stream`` prefetch the next block (see :mod:`.prefetch`).
+    Returns whether they do."""
     loops = sch.get_loops(block)
     space, reduce = list(loops[:spatial]), list(loops[spatial:])
     v_outer, v_group, v_lane = sch.split(space[tile.vector_loop], [None, tile.groups, tile.lanes])
@@ -222,8 +223,9 @@ def _tile_reduction(
     if tile.blocks_outermost:
         outer.insert(0, outer.pop(tile.vector_loop))
     sch.reorder(*outer, *reduce, *inner)
-    if stream is not None and reduce and tile.blocks_outermost:
-        reduce = _prefetch_next_block(sch, block, stream, outer, reduce)
+    marked = stream is not None and bool(reduce)
+    if marked:
+        reduce, marked = _prefetch_next_block(sch, block, stream, outer, reduce)
     accumulator = sch.cache_write(block, 0, "local")
     if tile.vector_loop != spatial - 1:  # the accumulator's vectors contiguous too
         sch.transform_layout(
@@ -241,18 +243,20 @@ def _tile_reduction(
     init = sch.decompose_reduction(block, reduce[0] if reduce else inner[0])
     for b in (init, epilogue):
         _vectorize_tile(sch, sch.get_loops(b)[1:], width)
+    return marked
 
 
-def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> list:
-    """Mark the reduction for :mod:`.prefetch`: the parallel loop runs ``blocks × tiles``
-    iterations, blocks outermost, each block of ``stream`` contiguous."""
+def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> tuple[list, bool]:
+    """Mark the reduction for :mod:`.prefetch` (the parallel loop runs ``blocks × tiles``
+    iterations, blocks outermost, each block of ``stream`` contiguous): ``(reduction loops,
+    marked)``."""
     blocks = _const(sch.get(outer[0]).extent)
     tiles = math.prod(_const(sch.get(loop).extent) or 0 for loop in outer[1:])
     weights = next(r.source for r in sch.get(block).reads if r.source.name == stream)
     total = math.prod(_const(d) or 0 for d in weights.shape)
     if not blocks or not tiles or not total or total % blocks:
-        return reduce
-    return prefetch.annotate(sch, reduce, stream, tiles, total // blocks)
+        return reduce, False
+    return prefetch.annotate(sch, reduce, stream, tiles, total // blocks), True
 
 
 def _inline_epilogue(sch, writeback):
