@@ -72,7 +72,7 @@ def _variants(task, constants, tvm_target, count: int) -> list:
 
 
 def _has_baseline(cache, mod) -> bool:
-    return any(TAG in str(r.trace) for r in _records(cache, mod))
+    return any(is_default(r) for r in _records(cache, mod))
 
 
 def _records(cache, mod) -> list:
@@ -95,8 +95,8 @@ def recheck_winners(tasks, cache, tvm_target, builder, runner) -> list:
     for task in tasks:
         mod = task.dispatched[0]
         top = _records(cache, mod)
-        default = next((r for r in top if TAG in str(r.trace)), None)
-        if default is None or TAG in str(top[0].trace):
+        default = next((r for r in top if is_default(r)), None)
+        if default is None or is_default(top[0]):
             continue
         for record in (top[0], default):
             sch = s_tir.Schedule(mod)
@@ -142,6 +142,11 @@ def prefer_default(top: list, margin: float = TIE_MARGIN):
     if default is None or top[0] is default:
         return top[0]
     return top[0] if mean_secs(top[0]) < mean_secs(default) * (1 - margin) else default
+
+
+def is_default(record) -> bool:
+    """Whether a record measured one of graphopt's default schedules."""
+    return variant_of(record) is not None
 
 
 def variant_of(record) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graphopt.compiler._baseline import TAG
+from graphopt.compiler._baseline import is_default
 
 MARK = "graphopt.transferred"  # root-block annotation: the record was transferred
 
@@ -99,7 +99,7 @@ def _tuned_workloads(cache) -> list[tuple[tuple, tuple[int, ...], Any]]:
 
     best: dict[Any, Any] = {}
     for record in cache.get_all_tuning_records():
-        if TAG in str(record.trace) or MARK in str(record.trace) or not record.run_secs:
+        if is_default(record) or MARK in str(record.trace) or not record.run_secs:
             continue  # graphopt's own defaults, re-derived for every task; transfers of transfers
         workload = record.workload
         seconds = _mean(record.run_secs)
