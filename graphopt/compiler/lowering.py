@@ -10,8 +10,9 @@ both to registers (MobileNetV2's 144-channel depthwise convolution at 56×56: 0.
 :data:`PIPELINE` is TVM's default S-TIR pipeline with :func:`stack_buffers` run just before
 ``LowerTVMBuiltin`` (and, before it, :func:`.prefetch.insert_prefetches`, which places the
 weight prefetches the default schedules of weight-streaming kernels ask for);
-:func:`pipeline_for` names it for LLVM targets. Everything that builds kernels (``compile``, tuning candidates, the kernel report) builds them through it, so a kernel
-is measured as it will run.
+:func:`pipeline_for` names it for LLVM targets. Everything that builds kernels (``compile``,
+tuning candidates, the kernel report) builds them through it, so a kernel is measured as it
+will run.
 """
 
 from __future__ import annotations
