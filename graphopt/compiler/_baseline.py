@@ -158,5 +158,6 @@ def variant_of(record) -> int | None:
 
 
 def mean_secs(record) -> float:
+    """Mean run time of a tuning record or a runner result (inf when it has none)."""
     secs = [float(s) for s in record.run_secs or []]
     return sum(secs) / len(secs) if secs else float("inf")

@@ -7,6 +7,8 @@ import math
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from graphopt.compiler._baseline import mean_secs
+
 
 class TuningProgress:
     """Counts measured trials per task; draws a rich progress bar when enabled."""
@@ -76,12 +78,7 @@ class TuningProgress:
                 seconds = []
                 for built, ran in zip(builder_results, runner_results, strict=True):
                     ok = built.error_msg is None and ran.error_msg is None and ran.run_secs
-                    seconds.append(_mean(ran.run_secs) if ok else None)
+                    seconds.append(mean_secs(ran) if ok else None)
                 progress.record(int(task_id), seconds)
 
         return _Callback()
-
-
-def _mean(values) -> float:
-    floats = [float(v) for v in values]
-    return sum(floats) / len(floats)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graphopt.compiler._baseline import is_default
+from graphopt.compiler._baseline import is_default, mean_secs
 
 MARK = "graphopt.transferred"  # root-block annotation: the record was transferred
 
@@ -102,7 +102,7 @@ def _tuned_workloads(cache) -> list[tuple[tuple, tuple[int, ...], Any]]:
         if is_default(record) or MARK in str(record.trace) or not record.run_secs:
             continue  # graphopt's own defaults, re-derived for every task; transfers of transfers
         workload = record.workload
-        seconds = _mean(record.run_secs)
+        seconds = mean_secs(record)
         hashed = structural_hash(workload.mod)
         if hashed not in best or seconds < best[hashed][0]:
             best[hashed] = (seconds, workload, record)
@@ -117,11 +117,6 @@ def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     if len(a) != len(b):
         return math.inf
     return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in zip(a, b, strict=True))
-
-
-def _mean(run_secs) -> float:
-    values = [float(s) for s in run_secs]
-    return sum(values) / len(values)
 
 
 def _int(expr) -> int:
