@@ -31,6 +31,7 @@ from graphopt.compiler.manifest import (
 )
 from graphopt.compiler.targets import ResolvedTarget, resolve_target
 from graphopt.compiler.tuning import Tuning, tune_and_apply
+from graphopt.compiler.winograd import winograd_convolutions
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
 from graphopt.report import OptimizeReport
@@ -45,20 +46,22 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     tuning: Tuning | None = DEFAULT_TUNING,
     *,
     report: OptimizeReport | None = None,
+    winograd: bool = True,
 ) -> Artifact:
     """Compile ``model`` for ``target`` into an :class:`Artifact` (``model`` is not changed).
 
     ``tuning=None`` compiles without tuning and without reading the tuning cache;
     ``Tuning(trials=0)`` tunes nothing new but applies what the cache already knows. On CPU
     targets every kernel without a tuned record runs graphopt's default schedule
-    (:mod:`graphopt.compiler.schedules`).
+    (:mod:`graphopt.compiler.schedules`). ``winograd=False`` keeps every convolution direct
+    (Winograd's float32 results differ from direct ones by about 1e-6 of the output's scale).
     """
     start = time.perf_counter()
     resolved = resolve_target(target)
     inputs = as_input_tuple(example_inputs)
     module = copy.deepcopy(model).eval()
     program = _export(module, inputs)
-    mod, summary = _lower(program, resolved, tuning)
+    mod, summary = _lower(program, resolved, tuning, winograd=winograd)
     staging = staging_dir()
     directory = Path(staging.name)
     _build(mod, resolved, directory / LIBRARY)
@@ -79,10 +82,17 @@ def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
         ) from exc
 
 
-def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: bool = True):
+def _lower(
+    program,
+    target: ResolvedTarget,
+    tuning: Tuning | None,
+    defaults: bool = True,
+    winograd: bool = True,
+):
     """Relax module with schedules applied: tuned (and cached) ones, else graphopt's defaults
     (``defaults=False``: TVM's, i.e. none on CPU). On CPU, convolutions run channels-last
-    (:mod:`graphopt.compiler.layout`)."""
+    (:mod:`graphopt.compiler.layout`), 3×3 ones as Winograd GEMMs where that is less work
+    (:mod:`graphopt.compiler.winograd`)."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -96,6 +106,8 @@ def _lower(program, target: ResolvedTarget, tuning: Tuning | None, defaults: boo
         return mod, None  # tvm.compile's CUDA pipeline schedules with dlight
     if target.device == "cpu":
         mod = channels_last(mod)
+        if winograd:
+            mod = winograd_convolutions()(mod)
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

@@ -20,7 +20,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from graphopt.compiler.schedules import SCHEDULE_ATTR, SCHEDULED, TILE_ATTR, call_sites
+from graphopt.compiler.schedules import (
+    SCHEDULE_ATTR,
+    SCHEDULED,
+    TILE_ATTR,
+    bound_calls,
+    call_sites,
+)
 from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.threads import default_threads, pool_threads, use_threads
 from graphopt.compiler.tuning import Tuning
@@ -44,6 +50,12 @@ class Kernel(BaseModel):
         default="",
         description="A default schedule's register tile; says when the layer's shape left "
         "vector lanes empty.",
+    )
+    winograd: bool = Field(
+        default=False,
+        description="One of the three kernels of a Winograd convolution (input transform, "
+        "batched GEMM, output transform): its GFLOP/s count the multiplications it does, "
+        "fewer than the direct convolution's.",
     )
     schedule: Literal["tuned", "default", "none"] = Field(
         description="The tuning cache's schedule, graphopt's default one, or none (TVM's "
@@ -131,11 +143,13 @@ def kernel_report(
     previous = pool_threads()
     use_threads(threads)  # the threads the peak was measured on and the artifact runs on
     try:
+        winograd = _winograd_kernels(mod)
         for name, func, calls in _called_kernels(mod):
             kernel = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
             seconds = _time_kernel(kernel, tvm_target, repeats)
             flop = float(estimate_tir_flops(kernel))
-            rows.append((name, calls, seconds, flop, _schedule(func), _tile(func)))
+            tags = (_schedule(func), _tile(func), name in winograd)
+            rows.append((name, calls, seconds, flop, *tags))
     finally:
         use_threads(previous)
     return _report(resolved.name, peak, rows)
@@ -152,6 +166,20 @@ def _called_kernels(mod):
 _PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix
 
 
+def _winograd_kernels(mod) -> set[str]:
+    """Names of the transforms of Winograd convolutions and of the GEMMs between them."""
+    from graphopt.compiler.winograd import INPUT_KERNEL, OUTPUT_KERNEL
+
+    found, windows = set(), set()
+    for var, name, args in bound_calls(mod):
+        transform = name.startswith(INPUT_KERNEL) or OUTPUT_KERNEL in name
+        if transform or any(arg in windows for arg in args):
+            found.add(name.removesuffix(_PREPACKED))
+        if name.startswith(INPUT_KERNEL):
+            windows.add(var)
+    return found
+
+
 def _schedule(func) -> str:
     attrs = func.attrs or {}
     return "default" if SCHEDULE_ATTR in attrs else "tuned" if SCHEDULED in attrs else "none"
@@ -164,7 +192,7 @@ def _tile(func) -> str:
 def _report(target: str, peak: float, rows) -> KernelReport:
     total = sum(row[1] * row[2] for row in rows)
     kernels = []
-    for name, calls, seconds, flop, schedule, tile in rows:
+    for name, calls, seconds, flop, schedule, tile, winograd in rows:
         gflops = flop / seconds / 1e9 if seconds else 0.0
         kernels.append(
             Kernel(
@@ -177,6 +205,7 @@ def _report(target: str, peak: float, rows) -> KernelReport:
                 peak_fraction=gflops / peak,
                 schedule=schedule,
                 tile=tile,
+                winograd=winograd,
             )
         )
     kernels.sort(key=lambda k: -k.share)

@@ -54,8 +54,14 @@ def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: in
     indices of the parameters every caller passes a constant for (weights), which the schedule
     may read repacked. ``variant`` > 0: an alternative tile of a reduction kernel, for tuning
     to measure (None when the kernel has fewer)."""
+    from graphopt.compiler.schedules import winograd
+    from graphopt.compiler.schedules.tiles import lanes
+
     if constants:
         func = func.with_attr(LAYOUT_FREE, sorted(constants))
+    if target.kind.name == "llvm" and winograd.kind(func) is not None:  # one tile, no variants
+        sch = winograd.schedule(func, lanes(target)) if variant == 0 else None
+        return None if sch is None else (sch, "WinogradRule")
     for rule in _rules(variant):
         sch = rule.apply(func, target, False)
         if sch is not None:
@@ -65,6 +71,12 @@ def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: in
 
 def call_sites(mod):
     """``(kernel name, arguments)`` of every ``call_tir`` binding in ``main``."""
+    for _, name, args in bound_calls(mod):
+        yield name, args
+
+
+def bound_calls(mod):
+    """``(bound variable, kernel name, arguments)`` of every ``call_tir`` binding in ``main``."""
     from tvm import relax
 
     for block in mod["main"].body.blocks:
@@ -72,7 +84,7 @@ def call_sites(mod):
             value = binding.value
             if isinstance(value, relax.Call) and getattr(value.op, "name", None) == _CALL_TIR:
                 args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else []
-                yield value.args[0].name_hint, args
+                yield binding.var, value.args[0].name_hint, args
 
 
 _CALL_TIR = "relax.call_tir"
