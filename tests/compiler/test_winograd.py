@@ -4,6 +4,7 @@ convolutions equal PyTorch on random shapes, odd channel counts and paddings (pr
 
 from __future__ import annotations
 
+import re
 from unittest import mock
 
 import numpy as np
@@ -87,6 +88,14 @@ def test_a_3x3_convolution_becomes_two_transforms_around_a_gemm_with_its_epilogu
     assert rules[inputs] == rules[output] == "WinogradRule" and rules[gemm] == "ReductionRule"
     script = found[output].script()
     assert "T.parallel" in script and "T.vectorized" in script
+
+
+def test_on_neon_the_transforms_use_four_lane_vectors():
+    found = kernels(lowered(Residual(64), torch.randn(1, 64, 32, 32), target="aarch64"))
+    for name in ("winograd_input", "fused_winograd_output"):
+        script = next(f for n, f in found.items() if n.startswith(name)).script()
+        lanes = set(re.findall(r"T\.vectorized\(T\.int64\((\d+)\)", script))
+        assert lanes == {"4"}
 
 
 @pytest.mark.parametrize(
