@@ -4,6 +4,8 @@ strides, groups, depthwise, dilation, fused epilogues) — a fast kernel is neve
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -238,3 +240,14 @@ def test_a_transformer_layer_equals_pytorch_and_unschedulable_kernels_keep_tvms_
     # softmax and layer norm (several reductions in one kernel) are declined, not mis-scheduled
     declined = [name for name, f in found.items() if SCHEDULE_ATTR not in (f.attrs or {})]
     assert any("softmax" in name or "layer_norm" in name for name in declined)
+
+
+def test_a_convolution_without_padding_reads_its_input_without_copying_it_first():
+    def blocks(conv):
+        found = kernels(lowered(conv, torch.randn(1, 32, 20, 20)))
+        (kernel,) = (f for name, f in found.items() if "conv2d" in name)
+        return re.findall(r'T\.sblock\("(\w+)"\)', kernel.script())
+
+    # TVM's NHWC convolution copies its input into "pad_temp" even when there is no padding
+    assert "pad_temp" not in blocks(nn.Conv2d(32, 16, 1))
+    assert "pad_temp" in blocks(nn.Conv2d(32, 16, 3, padding=1))  # a real padding stays

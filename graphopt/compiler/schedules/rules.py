@@ -68,7 +68,9 @@ class ReductionRule(_CPURule):
             return False
         if any(e is None for e in extents) or not _trivially_bound(sch, main):
             return False  # symbolic shapes, or loops that do not map one-to-one to iter vars
-        producers = _producers(sch, blocks, main.block_rv)
+        # TVM's NHWC convolution copies its whole input first even without padding (a 1×1
+        # convolution's "pad_temp"): that copy is inlined, a real padding stays a producer
+        producers = [b for b in _producers(sch, blocks, main.block_rv) if not _inlined(sch, b)]
         width = lanes(target)
         constants = _layout_free_buffers(sch)
         tile = choose_tile(
@@ -132,6 +134,24 @@ def _producers(sch, blocks, main) -> list:
             return out
         out.append(b)
     return out
+
+
+def _inlined(sch, block) -> bool:
+    """Inline ``block`` if it only copies a buffer of the same shape, element for element."""
+    from tvm.ir.expr import TensorLoad  # what tirx.BufferLoad builds in TVM 0.27
+
+    store = sch.get(block).body
+    load = getattr(store, "value", None)
+    if not isinstance(store, tirx.BufferStore) or not isinstance(load, TensorLoad):
+        return False
+    same_shape = [_const(d) for d in store.buffer.shape] == [_const(d) for d in load.source.shape]
+    same_index = len(store.indices) == len(load.indices) and all(
+        a.same_as(b) for a, b in zip(store.indices, load.indices, strict=True)
+    )
+    if not (same_shape and same_index):
+        return False
+    sch.compute_inline(block)
+    return True
 
 
 def _layout_free_buffers(sch) -> set[str]:
