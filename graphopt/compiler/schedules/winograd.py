@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
+from graphopt.compiler.schedules.rules import _inline_epilogue, _vectorize_tile
 from graphopt.compiler.schedules.tiles import _const, vector_lanes
 from graphopt.compiler.winograd import INPUT, KERNEL, OUTPUT
 
@@ -77,7 +78,7 @@ def _output(sch, width: int) -> None:
     k_outer, k_lane = sch.split(k, [None, lanes])
     sch.reorder(batch, ty, tx, k_outer, iy, ix, xi, nu, k_lane)
     accumulator = sch.cache_write(block, 0, "local")
-    writeback = _inline_consumers(sch, accumulator)
+    writeback = _inline_epilogue(sch, accumulator)
     sch.reverse_compute_at(writeback, k_outer, preserve_unit_loops=True)
     sch.parallel(sch.fuse(batch, ty, tx, k_outer))
     for loop in (iy, ix, xi, nu):
@@ -85,21 +86,7 @@ def _output(sch, width: int) -> None:
     sch.vectorize(k_lane)
     init = sch.decompose_reduction(block, xi)
     for b in (init, writeback):
-        *outer, lane = sch.get_loops(b)[1:]
-        for loop in outer:
-            sch.unroll(loop)
-        sch.vectorize(lane)
-
-
-def _inline_consumers(sch, writeback):
-    while True:
-        consumers = sch.get_consumers(writeback)
-        if len(consumers) != 1:
-            return writeback
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return writeback
+        _vectorize_tile(sch, sch.get_loops(b)[1:], width)
 
 
 def _square_root(n: int) -> int:
