@@ -64,7 +64,7 @@ SIGNATURES = {
     "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
     "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
-    "report: 'OptimizeReport | None' = None) -> 'Artifact'",
+    "report: 'OptimizeReport | None' = None, winograd: 'bool' = True) -> 'Artifact'",
     "load": "(directory: 'str | Path', threads: 'int | None' = None) -> 'Artifact'",
     "apply_rules": "(gm: 'fx.GraphModule', rules: 'tuple[Rule, ...]', selected) -> 'RuleOutcome'",
 }
