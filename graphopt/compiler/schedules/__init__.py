@@ -59,8 +59,9 @@ def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: in
 
     if constants:
         func = func.with_attr(LAYOUT_FREE, sorted(constants))
-    if target.kind.name == "llvm" and winograd.kind(func) is not None:  # one tile, no variants
-        sch = winograd.schedule(func, lanes(target)) if variant == 0 else None
+    which = winograd.kind(func) if target.kind.name == "llvm" else None
+    if which is not None:  # one tile, no variants
+        sch = winograd.schedule(func, which, lanes(target)) if variant == 0 else None
         return None if sch is None else (sch, "WinogradRule")
     for rule in _rules(variant):
         sch = rule.apply(func, target, False)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from graphopt.compiler.schedules.rules import _inline_epilogue, _vectorize_tile
+from graphopt.compiler.schedules.rules import _DECLINED, _inline_epilogue, _vectorize_tile
 from graphopt.compiler.schedules.tiles import _const, vector_lanes
 from graphopt.compiler.winograd import INPUT, KERNEL, OUTPUT
-
-_DECLINED = (s_tir.ScheduleError, RuntimeError, ValueError)
 
 
 def kind(func) -> str | None:
@@ -35,11 +33,12 @@ def kind(func) -> str | None:
     return None
 
 
-def schedule(func, width: int):
-    """The schedule of a Winograd transform kernel, or None when a step declines."""
+def schedule(func, which: str, width: int):
+    """The schedule of a Winograd transform kernel of :func:`kind` ``which``, or None when a
+    step declines."""
     sch = s_tir.Schedule(func)
     try:
-        if kind(func) == INPUT:
+        if which == INPUT:
             _input(sch, width)
         else:
             _output(sch, width)
