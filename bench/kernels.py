@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -36,21 +35,19 @@ def folded(name: str):
     return graphopt.optimize(model, x, [FoldBatchNorm()]).model, x
 
 
-def direct_conv_flop(model, x) -> float:
-    """FLOPs of the model's convolutions computed directly (2 per multiply-add)."""
-    total = 0
+def direct_conv_flop(gm, x) -> float:
+    """FLOPs of the model's convolutions computed directly (2 per multiply-add, graphopt's own
+    MAC count)."""
+    from graphopt.analysis.cost import node_macs
+    from graphopt.analysis.shapes import propagate_shapes
 
-    def count(module, _inputs, out):
-        nonlocal total
-        window = module.in_channels // module.groups * math.prod(module.kernel_size)
-        total += 2 * out.numel() * window
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(x)
-    for hook in hooks:
-        hook.remove()
-    return float(total)
+    propagate_shapes(gm, (x,))
+    convs = [
+        node
+        for node in gm.graph.nodes
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d)
+    ]
+    return 2.0 * sum(node_macs(gm, node) for node in convs)
 
 
 def main() -> None:
