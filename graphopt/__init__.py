@@ -6,7 +6,8 @@ Stable public surface (snapshotted by ``tests/api/test_public_api.py``)::
     gm = graphopt.capture(model, example_inputs)
     result = graphopt.optimize(model, example_inputs, passes=[FoldBatchNorm()], target="llvm")
     artifact = graphopt.compile(model, example_inputs, target="llvm", tuning=graphopt.Tuning())
-    artifact.save("out/model"); graphopt.load("out/model")(x)
+    artifact.save("out/model", key=KEY); graphopt.load("out/model", key=KEY)(x)
+    graphopt.save_model(result.model, "model.pt"); graphopt.load_model("model.pt")  # data only
 """
 
 from graphopt.api import OptimizeResult, optimize
@@ -17,6 +18,7 @@ from graphopt.errors import (
     CompileError,
     ConfigError,
     GraphOptError,
+    ModelFileError,
     PassError,
     RecipeError,
     RegistryError,
@@ -24,6 +26,7 @@ from graphopt.errors import (
     VerificationError,
 )
 from graphopt.frontend.fx import capture
+from graphopt.frontend.model_file import load_model, save_model
 from graphopt.pass_base import Pass, PassContext, PassResult
 from graphopt.pass_manager import PassManager
 from graphopt.recipe import Recipe, load_recipe, parse_recipe
@@ -47,6 +50,7 @@ __all__ = [
     "ConfigError",
     "Decline",
     "GraphOptError",
+    "ModelFileError",
     "MatchResult",
     "ModelStats",
     "OptimizeReport",
@@ -65,8 +69,10 @@ __all__ = [
     "VerificationError",
     "apply_rules",
     "capture",
+    "load_model",
     "load_recipe",
     "optimize",
     "parse_recipe",
     "register_pass",
+    "save_model",
 ]

@@ -47,6 +47,13 @@ class _ProgressObserver:
         )
 
 
+_TRUST = typer.Option(
+    "--trust-model-file",
+    help="Also load pickled models and layer classes outside torch.nn. This RUNS CODE named "
+    "by the file: only for files whose author you trust.",
+)
+
+
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).")],
@@ -174,13 +181,14 @@ def inspect(
     shape: Annotated[
         str | None, typer.Option(help="Input shape for model.pt / torchvision, e.g. 1,3,224,224.")
     ] = None,
+    trust_model_file: Annotated[bool, _TRUST] = False,
 ) -> None:
     """Print the captured graph: every node with its shape, MACs and params."""
     console = _console()
     from graphopt.analysis.cost import model_stats, node_costs
 
     with _errors():
-        gm = _captured(source, shape)
+        gm = _captured(source, shape, trust_model_file)
         table = Table(title=f"{type(gm).__name__} ({source})")
         for column in ("node", "op", "target", "shape", "MACs", "params"):
             table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
@@ -198,9 +206,10 @@ def inspect(
         console.print(f"total: {stats.params:,} params, {stats.macs:,} MACs")
 
 
-def _captured(source: str, shape: str | None):
+def _captured(source: str, shape: str | None, trust: bool):
     from graphopt.analysis.shapes import propagate_shapes
     from graphopt.frontend.fx import capture
+    from graphopt.frontend.model_file import load_model
     from graphopt.recipe import TorchvisionModel, load_recipe
 
     if source.endswith((".yaml", ".yml", ".json")):
@@ -222,7 +231,7 @@ def _captured(source: str, shape: str | None):
         return capture(
             TorchvisionModel(torchvision=source.split(":", 1)[1]).build(Path()).eval(), inputs
         )
-    gm = torch.load(source, weights_only=False)
+    gm = load_model(source, trust=trust)
     propagate_shapes(gm, (inputs,))
     return gm
 
@@ -232,8 +241,9 @@ def bench(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory (graphopt.compile).")],
     model: Annotated[
         Path | None,
-        typer.Option(help="The original model (torch.save'd .pt or torch.export .pt2) to compare."),
+        typer.Option(help="The original model (graphopt model file .pt or torch.export .pt2)."),
     ] = None,
+    trust_model_file: Annotated[bool, _TRUST] = False,
     rounds: Annotated[int, typer.Option(min=1, help="Timed calls per contender.")] = 30,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
@@ -255,7 +265,7 @@ def bench(
         arrays = [x.numpy() for x in inputs]
         contenders = {f"graphopt ({compiled.manifest.target.name})": lambda: compiled(*arrays)}
         if model is not None:
-            eager = _load_torch_model(model)
+            eager = _load_torch_model(model, trust_model_file)
             contenders = {"pytorch eager": lambda: eager(*inputs), **contenders}
         with torch.no_grad():
             timings = time_interleaved(contenders, rounds=rounds, warmup=warmup)
@@ -274,12 +284,14 @@ def _random_input(spec, generator):
     return torch.randint(0, 2, spec.shape, generator=generator, dtype=dtype)
 
 
-def _load_torch_model(path: Path):
+def _load_torch_model(path: Path, trust: bool):
     import torch
+
+    from graphopt.frontend.model_file import load_model
 
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module()
-    return torch.load(path, weights_only=False).eval()
+    return load_model(path, trust=trust).eval()
 
 
 def _timing_table(timings) -> Table:

@@ -2,6 +2,7 @@
 
 GraphOptError
 ├── CaptureError          the model could not be traced into the IR
+├── ModelFileError        a model file is not graphopt's data format, or is unsafe to load
 ├── UnsupportedGraphError a pass met nodes it cannot handle (all of them, at once)
 ├── ConfigError           a pass configuration or pipeline is invalid
 │   └── RecipeError       a recipe file is invalid (each problem with its path in the file)
@@ -44,6 +45,10 @@ class CaptureError(GraphOptError):
         if hint is not None:
             parts.append(f"  what to do: {hint}")
         super().__init__("\n".join(parts))
+
+
+class ModelFileError(GraphOptError):
+    """A model file cannot be read as data (or would run code when loaded)."""
 
 
 @dataclass(frozen=True)

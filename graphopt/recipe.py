@@ -75,12 +75,19 @@ class PythonModel(PythonFactory):
 
 
 class SavedGraphModule(_Strict):
-    """A GraphModule saved with ``torch.save`` (e.g. a previous run's ``model.pt``)."""
+    """A model file written by graphopt (e.g. a previous run's ``model.pt``), read as data."""
 
     graph_module: str = Field(description="Path, relative to the recipe file.")
+    trust: bool = Field(
+        default=False,
+        description="Also accept a pickled GraphModule and layer classes outside torch.nn: "
+        "loading those runs code named by the file. Only for files whose author you trust.",
+    )
 
     def build(self, base: Path) -> nn.Module:
-        return torch.load(base / self.graph_module, weights_only=False)
+        from graphopt.frontend.model_file import load_model
+
+        return load_model(base / self.graph_module, trust=self.trust)
 
 
 class OnnxModel(_Strict):

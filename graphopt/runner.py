@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from graphopt.api import OptimizeResult, optimize
+from graphopt.frontend.model_file import save_model
 from graphopt.pass_manager import PassObserver
 from graphopt.recipe import Recipe, dump_recipe
 
@@ -40,11 +39,12 @@ def run_recipe(
 
 
 def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list[Path]:
-    """Write ``model.pt`` (the GraphModule), ``report.json``, ``recipe.json``, ``graph.py``,
-    and the compiled ``artifact/`` directory when the recipe compiles."""
+    """Write ``model.pt`` (the GraphModule as data: :func:`graphopt.load_model` reads it without
+    running code), ``report.json``, ``recipe.json``, ``graph.py``, and the compiled
+    ``artifact/`` directory when the recipe compiles."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "model.pt": lambda p: torch.save(result.model, p),
+        "model.pt": lambda p: save_model(result.model, p),
         "report.json": lambda p: p.write_text(result.report.model_dump_json(indent=2)),
         "recipe.json": lambda p: p.write_text(dump_recipe(recipe)),
         "graph.py": lambda p: p.write_text(result.model.code),

@@ -3,7 +3,9 @@ the small loader that checks and runs it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -14,6 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from graphopt.compiler.manifest import LIBRARY, MANIFEST, Manifest, sha256
+from graphopt.compiler.signing import check_signature, key_from_env, sign
 from graphopt.compiler.targets import host_can_run
 from graphopt.compiler.threads import ENV, default_threads, use_threads
 from graphopt.errors import ArtifactError
@@ -42,6 +45,7 @@ class Artifact:
         self.manifest = manifest
         self.threads = threads
         self._keep = _keep  # a TemporaryDirectory that must live as long as this object
+        self._library = self.directory / LIBRARY  # load() points this at its verified copy
         self._vm = None
 
     def __repr__(self) -> str:
@@ -53,14 +57,22 @@ class Artifact:
         """``None`` if this host can run the artifact, else why not."""
         return host_can_run(self.manifest.target.device, self.manifest.target.arch)
 
-    def save(self, directory: str | Path) -> Path:
-        """Copy the artifact's files into ``directory`` (created; existing files replaced)."""
+    def save(self, directory: str | Path, key: bytes | str | None = None) -> Path:
+        """Copy the artifact's files into ``directory`` (created; existing files replaced).
+
+        With ``key`` (default: the ``GRAPHOPT_ARTIFACT_KEY`` environment variable, when set),
+        also write ``signature.json``: an HMAC-SHA256 of the manifest, whose hashes cover every
+        file, so ``load(directory, key=...)`` can tell the artifact came from a holder of the key.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        if out.resolve() == self.directory.resolve():
-            return out
-        for name in [*self.manifest.files, MANIFEST]:
-            shutil.copy2(self.directory / name, out / name)
+        if out.resolve() != self.directory.resolve():
+            for name in [*self.manifest.files, MANIFEST]:
+                source = self._library if name == LIBRARY else self.directory / name
+                shutil.copy2(source, out / name)
+        key = key if key is not None else key_from_env()
+        if key is not None:
+            sign(out, key)
         return out
 
     def __call__(self, *inputs):
@@ -102,7 +114,7 @@ class Artifact:
             device = tvm.cuda() if self.manifest.target.device == "cuda" else tvm.cpu()
             if self.manifest.target.device == "cpu":
                 self._size_pool()
-            lib = tvm.runtime.load_module(str(self.directory / LIBRARY))
+            lib = tvm.runtime.load_module(str(self._library))
             self._vm = (relax.VirtualMachine(lib, device), device)
         return self._vm
 
@@ -118,36 +130,80 @@ class Artifact:
             )
 
 
-def load(directory: str | Path, threads: int | None = None) -> Artifact:
-    """Open an artifact directory, refusing it if the manifest, a hash or the host is wrong.
+def load(
+    directory: str | Path, threads: int | None = None, *, key: bytes | str | None = None
+) -> Artifact:
+    """Open an artifact directory, refusing it if the manifest, a hash, the signature or the
+    host is wrong.
 
-    ``threads``: CPU worker threads (default: ``TVM_NUM_THREADS``, else physical cores)."""
+    ``threads``: CPU worker threads (default: ``TVM_NUM_THREADS``, else physical cores).
+    ``key`` (default: ``GRAPHOPT_ARTIFACT_KEY`` when set): the artifact must carry a valid
+    signature made with it (see :meth:`Artifact.save`); unsigned or wrongly signed is refused.
+    The library that runs is a private copy of the bytes whose hash was checked, so replacing
+    ``model.so`` after ``load`` returns changes nothing.
+    """
     path = Path(directory)
-    manifest = read_manifest(path)
+    manifest_bytes = _read_bytes(path / MANIFEST)
+    key = key if key is not None else key_from_env()
+    if key is not None:
+        check_signature(path, manifest_bytes, key)
+    manifest = parse_manifest(manifest_bytes, path / MANIFEST)
     problems = []
     for name, entry in manifest.files.items():
         file = path / name
-        if not file.is_file():
-            problems.append(f"{name}: missing")
-        elif sha256(file) != entry.sha256:
+        if not file.is_file() or file.is_symlink():
+            problems.append(f"{name}: missing (or not a regular file)")
+        elif name != LIBRARY and sha256(file) != entry.sha256:
             problems.append(f"{name}: sha256 differs from the manifest (modified or corrupted)")
     if LIBRARY not in manifest.files:
         problems.append(f"{LIBRARY}: not listed in the manifest")
     if reason := host_can_run(manifest.target.device, manifest.target.arch):
         problems.append(f"target {manifest.target.name}: {reason}")
+    private = None
+    if not problems and (path / LIBRARY).is_file():
+        private = _verified_copy(path / LIBRARY, manifest.files[LIBRARY].sha256)
+        if private is None:
+            problems.append(f"{LIBRARY}: sha256 differs from the manifest (modified or corrupted)")
     if problems:
         raise ArtifactError(f"refusing to load {path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    return Artifact(path, manifest, threads=threads)
+    artifact = Artifact(path, manifest, threads=threads, _keep=private)
+    artifact._library = Path(private.name) / LIBRARY
+    return artifact
+
+
+def _verified_copy(library: Path, expected: str) -> tempfile.TemporaryDirectory | None:
+    """Read ``library`` once; if its bytes hash to ``expected``, write them to a private
+    directory (mode 0700) and return it, else ``None``."""
+    data = library.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        return None
+    private = staging_dir()
+    os.chmod(private.name, 0o700)
+    copy = Path(private.name) / LIBRARY
+    with open(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(data)
+    return private
+
+
+def _read_bytes(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot read: {exc}") from exc
 
 
 def read_manifest(path: Path) -> Manifest:
     """The validated manifest of the artifact at ``path``."""
-    file = path / MANIFEST
+    return parse_manifest(_read_bytes(path / MANIFEST), path / MANIFEST)
+
+
+def parse_manifest(raw: bytes, file: Path) -> Manifest:
+    """Validate manifest bytes (UTF-8 JSON)."""
     try:
-        data = json.loads(file.read_text())
-    except OSError as exc:
-        raise ArtifactError(f"{file}: cannot read: {exc}") from exc
-    except json.JSONDecodeError as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{file}: not UTF-8 text: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{file}: not JSON: {exc}") from exc
     try:
         return Manifest.model_validate(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,7 +12,10 @@ from graphopt.compiler.tuning import TuningSummary
 from graphopt.report import OptimizeReport
 
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
 LIBRARY = "model.so"
+# A plain file name in the artifact directory: no separators, no "..", not hidden.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
 class _Strict(BaseModel):
@@ -65,7 +68,9 @@ class Manifest(_Strict):
     report: OptimizeReport | None = Field(default=None, description="The optimize report.")
     tuning: TuningSummary | None = Field(default=None, description="None when not tuned.")
     compile_seconds: float = Field(ge=0)
-    files: dict[str, FileEntry] = Field(description="Every other file of the directory.")
+    files: dict[FileName, FileEntry] = Field(
+        description="Every other file of the directory (plain names; the signature is not one)."
+    )
     notes: list[str] = Field(default_factory=list, description="E.g. why an export was skipped.")
 
 
@@ -82,5 +87,5 @@ def file_entries(directory: Path) -> dict[str, FileEntry]:
     return {
         p.name: FileEntry(sha256=sha256(p), bytes=p.stat().st_size)
         for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
     }

@@ -127,3 +127,40 @@ def test_bench_refuses_a_tampered_artifact(tmp_path, monkeypatch):
     (tmp_path / "result" / "artifact" / "model.onnx").write_bytes(b"changed")
     result = runner.invoke(app, ["bench", str(tmp_path / "result" / "artifact")])
     assert result.exit_code == 1 and "sha256 differs" in result.output
+
+
+def test_inspect_refuses_a_pickled_model_file_without_running_it(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps(Payload()))
+    for args in (["inspect", str(evil), "--shape", "1,3,8,8"],):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "--trust-model-file" in result.output, result.output
+    assert not marker.exists()
+
+
+def test_run_writes_a_model_file_inspect_reads_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = write_recipe(
+        tmp_path,
+        """
+        model: {python: "tests.models:conv_bn_model"}
+        inputs: [{shape: [1, 3, 8, 8]}]
+        passes: [{pass: fold_batch_norm}]
+        output_dir: result
+    """,
+    )
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    result = runner.invoke(
+        app, ["inspect", str(tmp_path / "result/model.pt"), "--shape", "1,3,8,8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "total:" in result.output

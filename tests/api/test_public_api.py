@@ -21,6 +21,7 @@ EXPECTED_ALL = {
     "ConfigError",
     "Decline",
     "GraphOptError",
+    "ModelFileError",
     "MatchResult",
     "ModelStats",
     "OptimizeReport",
@@ -39,10 +40,12 @@ EXPECTED_ALL = {
     "VerificationError",
     "apply_rules",
     "capture",
+    "load_model",
     "load_recipe",
     "optimize",
     "parse_recipe",
     "register_pass",
+    "save_model",
 }
 
 TUNING_DEFAULT = (
@@ -65,7 +68,10 @@ SIGNATURES = {
     "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
     "report: 'OptimizeReport | None' = None, winograd: 'bool' = True) -> 'Artifact'",
-    "load": "(directory: 'str | Path', threads: 'int | None' = None) -> 'Artifact'",
+    "load": "(directory: 'str | Path', threads: 'int | None' = None, *, "
+    "key: 'bytes | str | None' = None) -> 'Artifact'",
+    "save_model": "(gm: 'fx.GraphModule', path: 'str | Path') -> 'Path'",
+    "load_model": "(path: 'str | Path', *, trust: 'bool' = False) -> 'fx.GraphModule'",
     "apply_rules": "(gm: 'fx.GraphModule', rules: 'tuple[Rule, ...]', selected) -> 'RuleOutcome'",
 }
 
