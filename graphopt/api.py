@@ -84,6 +84,7 @@ def optimize(
     report = OptimizeReport(
         model=type(model).__name__,
         input_shapes=[list(x.shape) for x in inputs],
+        capture_route=gm.meta.get("capture_route", "graph"),
         before=before,
         after=model_stats(result),
         passes=reports,
@@ -97,5 +98,7 @@ def optimize(
 
 def _as_graph(model, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
-        return copy.deepcopy(model)
+        gm = copy.deepcopy(model)
+        gm.meta["capture_route"] = "graph"
+        return gm
     return capture(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)

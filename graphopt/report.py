@@ -60,6 +60,12 @@ class OptimizeReport(_ReportModel):
 
     model: str = Field(description="Class name of the captured model.")
     input_shapes: list[list[int]] = Field(description="Shapes of the example inputs.")
+    capture_route: str = Field(
+        default="fx",
+        description="How the model became a graph: 'fx' (symbolic tracing), 'fx with concrete "
+        "shapes' (forward branches on shapes; the graph is specialised to the example input "
+        "shapes) or 'graph' (a GraphModule was given).",
+    )
     before: ModelStats
     after: ModelStats
     passes: list[PassReport]

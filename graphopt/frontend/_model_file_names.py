@@ -87,7 +87,9 @@ def _wrapped_function(module_name: str, attr: str, trust: bool):
 
 
 def is_public_tensor_method(name: Any) -> bool:
-    return public_name(name) and callable(getattr(torch.Tensor, name, None))
+    """A public ``torch.Tensor`` method (or ``__getitem__``, which FX records as a method)."""
+    allowed = public_name(name) or name == "__getitem__"
+    return allowed and callable(getattr(torch.Tensor, name, None))
 
 
 def public_name(name: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 import linecache
 import types
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ from graphopt.analysis.shapes import propagate_shapes
 from graphopt.errors import CaptureError
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
+ROUTE_SYMBOLIC = "fx"
+ROUTE_CONCRETE = "fx with concrete shapes"
 
 
 class LeafTracer(fx.Tracer):
@@ -73,13 +76,67 @@ def capture(
     if tracer.is_leaf_module(model, ""):
         gm = _single_leaf_graph(model, len(inputs))  # tracing would go inside the root
     else:
-        try:
-            graph = tracer.trace(model)
-        except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a CaptureError
-            raise _explain_trace_failure(model, exc) from exc
-        gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+        gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
     propagate_shapes(gm, inputs)
     return gm
+
+
+def _trace(model, tracer, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
+    """Symbolic tracing; where ``forward`` branches on shapes, tracing with concrete shapes.
+
+    The route taken is ``gm.meta["capture_route"]`` (and the report's ``capture_route``)."""
+    from graphopt.frontend.concrete_shapes import trace_with_concrete_shapes
+
+    defaults = _unfed_defaults(model, len(inputs))
+    try:
+        graph = tracer.trace(model, concrete_args=defaults or None)
+        route = ROUTE_SYMBOLIC
+    except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a CaptureError
+        try:
+            gm = trace_with_concrete_shapes(model, inputs, leaf_modules, leaf_types, defaults)
+        except Exception:  # noqa: BLE001 - report the symbolic failure: it names the cause
+            raise _explain_trace_failure(model, exc) from exc
+        gm.meta["capture_route"] = ROUTE_CONCRETE
+        gm.meta["capture_fallback_reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return _drop_constant_placeholders(gm, len(inputs))
+    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    gm.meta["capture_route"] = route
+    return _drop_constant_placeholders(gm, len(inputs))
+
+
+def _drop_constant_placeholders(gm: fx.GraphModule, num_inputs: int) -> fx.GraphModule:
+    """Erase the placeholders FX leaves for ``concrete_args`` (with the guards it checks them
+    by) where nothing they feed reaches the output: the graph takes exactly the example inputs."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node in placeholders[num_inputs:]:
+        downstream, frontier = {node}, [node]
+        while frontier:
+            for user in frontier.pop().users:
+                if user not in downstream:
+                    downstream.add(user)
+                    frontier.append(user)
+        if any(n.op == "output" for n in downstream):
+            continue
+        for dead in sorted(downstream, key=order.__getitem__, reverse=True):
+            gm.graph.erase_node(dead)
+    gm.recompile()
+    return gm
+
+
+def _unfed_defaults(model: nn.Module, num_inputs: int) -> dict:
+    """``forward``'s parameters after the example inputs that have defaults (e.g.
+    ``return_features=False``): traced as the constants they are, not as graph inputs."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default
+        for p in parameters[num_inputs:]
+        if p.kind in named and p.default is not inspect.Parameter.empty
+    }
 
 
 def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.GraphModule:
