@@ -17,6 +17,7 @@ from graphopt.compiler.artifact import Artifact
 from graphopt.compiler.build import DEFAULT_TUNING
 from graphopt.compiler.build import compile as compile_model
 from graphopt.compiler.tuning import Tuning
+from graphopt.errors import ConfigError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager, PassObserver
@@ -62,6 +63,8 @@ def optimize(
     distillation, the layer outputs reconstruction matches); by default ``model`` itself, as
     captured before the first pass. Give it when ``model`` was already compressed elsewhere.
     """
+    if not (isinstance(seed, int) and 0 <= seed < 2**63):
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     manager = PassManager(passes, observer=observer)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_serializer,
+    model_validator,
 )
 from torch import nn
 
@@ -121,15 +123,33 @@ ModelSource = Annotated[
 ]
 
 DType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML; anything larger is refused unread
+MAX_PASSES = 1_000
+MAX_PROBLEMS = 50  # reported in full; the rest are counted
+MAX_INPUT_RANK = 8
+MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32 per example input
 
 
 class InputSpec(_Strict):
     """One example input: random normal for floats, random integers in [low, high) for ints."""
 
-    shape: list[PositiveInt] = Field(min_length=1, description="Shape, batch first.")
+    shape: list[PositiveInt] = Field(
+        min_length=1, max_length=MAX_INPUT_RANK, description="Shape, batch first."
+    )
     dtype: DType = "float32"
-    low: int = Field(default=0, description="Lower bound for integer inputs.")
-    high: int = Field(default=2, description="Upper bound (exclusive) for integer inputs.")
+    low: int = Field(default=0, ge=-(2**62), le=2**62, description="Lower bound for integers.")
+    high: int = Field(default=2, ge=-(2**62), le=2**62, description="Upper bound (exclusive).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> InputSpec:
+        if math.prod(self.shape) > MAX_INPUT_ELEMENTS:
+            raise ValueError(
+                f"shape {self.shape} has {math.prod(self.shape):,} elements; "
+                f"example inputs are limited to {MAX_INPUT_ELEMENTS:,}"
+            )
+        if self.high <= self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        return self
 
     def make(self, generator: torch.Generator) -> torch.Tensor:
         dtype = getattr(torch, self.dtype)
@@ -190,7 +210,9 @@ class Recipe(_Strict):
     compile: CompileOptions | None = None
     data: DataSources = Field(default_factory=DataSources)
     output_dir: str = Field(default="out", description="Where results go (relative to the file).")
-    seed: int = Field(default=0, description="Seed for example inputs and random choices.")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, description="Seed for example inputs and random choices."
+    )
 
     @field_serializer("passes")
     def _dump_passes(self, passes: list[Pass]) -> list[dict[str, Any]]:
@@ -205,24 +227,39 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
     """Read and validate a recipe file; return it with the directory paths are relative to."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            message = f"{path.stat().st_size:,} bytes; recipes are limited to {MAX_RECIPE_BYTES:,}"
+            raise RecipeError(str(path), [RecipeProblem("", message)])
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise RecipeError(str(path), [RecipeProblem("", f"cannot read: {exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        problem = RecipeProblem("", f"not UTF-8 text (byte {exc.start}: {exc.reason})")
+        raise RecipeError(str(path), [problem]) from exc
     return parse_recipe(text, source=str(path)), path.parent
 
 
 def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     """Validate recipe text (YAML or JSON); every problem is reported at once."""
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
-        raise RecipeError(source, [RecipeProblem("", f"not valid YAML/JSON: {exc}", line)]) from exc
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            source,
+            [
+                RecipeProblem(
+                    "", f"{len(text):,} characters; recipes are limited to {MAX_RECIPE_BYTES:,}"
+                )
+            ],
+        )
+    root, data = _parse_yaml(text, source)
     if not isinstance(data, dict):
         raise RecipeError(source, [RecipeProblem("", "a recipe must be a mapping")])
+    problems = _duplicate_keys(root)
     raw_passes = data.get("passes", [])
-    problems: list[RecipeProblem] = []
+    if isinstance(raw_passes, list) and len(raw_passes) > MAX_PASSES:
+        problems.append(
+            RecipeProblem("passes", f"{len(raw_passes):,} passes; at most {MAX_PASSES}")
+        )
+        raw_passes = []
     passes = _build_passes(raw_passes, problems)
     try:
         recipe = Recipe.model_validate({**data, "passes": []})
@@ -230,9 +267,58 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         recipe = None
         problems += [_problem(err["loc"], err["msg"]) for err in exc.errors()]
     if problems or recipe is None:
-        located = [RecipeProblem(p.path, p.message, _line_of(root, p.path)) for p in problems]
-        raise RecipeError(source, located)
+        raise RecipeError(source, _located(problems, root))
     return recipe.model_copy(update={"passes": passes})
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: 10× faster
+
+
+def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The composed node tree (for line numbers) and the data built from it, in one parse."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
+        raise RecipeError(source, [RecipeProblem("", f"not valid YAML/JSON: {exc}", line)]) from exc
+    except RecursionError as exc:
+        raise RecipeError(source, [RecipeProblem("", "nested too deeply")]) from exc
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[RecipeProblem]:
+    """YAML lets a later key silently replace an earlier one; a recipe may not."""
+    problems, stack = [], [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key, value in node.value:
+                name = getattr(key, "value", None)
+                if isinstance(name, str) and name in seen:
+                    where = f"{path}.{name}" if path else name
+                    problems.append(RecipeProblem(where, "duplicate key", key.start_mark.line + 1))
+                seen.add(name)
+                stack.append((value, f"{path}.{name}" if path else str(name)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+    return problems
+
+
+def _located(problems: list[RecipeProblem], root: yaml.Node | None) -> list[RecipeProblem]:
+    """Problems with their line numbers; past MAX_PROBLEMS, one line says how many more."""
+    index = _LineIndex(root)
+    shown = [
+        p if p.line is not None else RecipeProblem(p.path, p.message, index.line(p.path))
+        for p in problems[:MAX_PROBLEMS]
+    ]
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(RecipeProblem("", f"... and {len(problems) - MAX_PROBLEMS:,} more problems"))
+    return shown
 
 
 def _build_passes(raw: Any, problems: list[RecipeProblem]) -> list[Pass]:
@@ -272,18 +358,31 @@ def format_path(loc: tuple) -> str:
     return text
 
 
-def _line_of(root: yaml.Node | None, path: str) -> int | None:
-    """The 1-based line of ``path`` in the composed YAML tree (the deepest part found)."""
-    node, line = root, None
-    for key, index in _path_parts(path):
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == key), None)
-        if node is not None and index is not None and isinstance(node, yaml.SequenceNode):
-            node = node.value[index] if index < len(node.value) else None
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-    return line
+class _LineIndex:
+    """Line numbers of recipe paths (``passes[1].ratio``): mappings are indexed once, so
+    locating every problem stays linear in the size of the recipe."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
+        self._keys: dict[int, dict] = {}
+
+    def line(self, path: str) -> int | None:
+        """The 1-based line of ``path`` (of the deepest part found)."""
+        node, line = self.root, None
+        for key, index in _path_parts(path):
+            if isinstance(node, yaml.MappingNode):
+                node = self._mapping(node).get(key)
+            if node is not None and index is not None and isinstance(node, yaml.SequenceNode):
+                node = node.value[index] if index < len(node.value) else None
+            if node is None:
+                break
+            line = node.start_mark.line + 1
+        return line
+
+    def _mapping(self, node: yaml.MappingNode) -> dict:
+        if id(node) not in self._keys:
+            self._keys[id(node)] = {getattr(k, "value", None): v for k, v in reversed(node.value)}
+        return self._keys[id(node)]
 
 
 def _path_parts(path: str):

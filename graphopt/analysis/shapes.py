@@ -31,8 +31,11 @@ def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> obje
             return prop.propagate(*inputs)
     except Exception as exc:  # noqa: BLE001 - name the node that failed
         node = prop.current
+        cause = exc.__cause__ or exc  # ShapeProp wraps the error in a message dumping meta
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise CaptureError(
-            f"the graph failed to run on the example inputs: {type(exc).__name__}: {exc}",
+            f"the graph failed to run on the example inputs at node {node.name if node else '?'}: "
+            f"{type(cause).__name__}: {text}",
             module=str(node.target) if node is not None and node.op == "call_module" else None,
             location=source_location(node) if node is not None else None,
             hint="check the example input shapes and dtypes against what the model expects",

@@ -71,6 +71,7 @@ def capture(
     if example_inputs is None:
         raise CaptureError("capture needs example_inputs for a torch module")
     inputs = as_input_tuple(example_inputs)
+    _check_input_count(model, inputs)
     model = copy.deepcopy(model)
     tracer = LeafTracer(leaf_modules, leaf_types)
     if tracer.is_leaf_module(model, ""):
@@ -122,6 +123,26 @@ def _drop_constant_placeholders(gm: fx.GraphModule, num_inputs: int) -> fx.Graph
             gm.graph.erase_node(dead)
     gm.recompile()
     return gm
+
+
+def _check_input_count(model: nn.Module, inputs: tuple) -> None:
+    """More example inputs than ``forward`` takes would be dropped silently by FX."""
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        kinds = ", ".join(type(x).__name__ for x in inputs)
+        raise CaptureError(f"example inputs must be tensors, got ({kinds})")
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    most = sum(kind in positional for kind in kinds)
+    if len(inputs) > most:
+        raise CaptureError(
+            f"{type(model).__name__}.forward takes {most} input(s), got {len(inputs)} example inputs"
+        )
 
 
 def _unfed_defaults(model: nn.Module, num_inputs: int) -> dict:

@@ -18,7 +18,19 @@ from torch import nn
 from graphopt.errors import CaptureError
 
 TOLERANCE = 1e-4  # max |graphopt - onnxruntime| / max |onnxruntime|
-_DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 6: torch.int32, 7: torch.int64}
+# ONNX TensorProto element types → torch dtypes.
+_DTYPES = {
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+    16: torch.bfloat16,
+}
 
 
 def read_onnx(path: str | Path):
@@ -43,6 +55,10 @@ def to_module(proto, path: str | Path) -> nn.Module:
             f"{path}: onnx2torch cannot convert this file: {exc}",
             hint="re-export with an older opset (e.g. opset_version=17) or simplify the graph",
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - a malformed graph fails anywhere in onnx2torch
+        raise CaptureError(
+            f"{path}: onnx2torch cannot convert this file: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def example_inputs_for(proto, path: str | Path, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -61,18 +77,38 @@ def example_inputs_for(proto, path: str | Path, seed: int = 0) -> tuple[torch.Te
                 f"{path}: input {value.name!r} has a dynamic shape {dims}; "
                 "pass example_inputs to capture()"
             )
-        dtype = _DTYPES.get(tensor.elem_type, torch.float32)
-        inputs.append(torch.randn(dims, generator=generator).to(dtype))
+        if tensor.elem_type not in _DTYPES:
+            raise CaptureError(f"{path}: input {value.name!r} has an unsupported element type")
+        inputs.append(_random(dims, _DTYPES[tensor.elem_type], generator))
     return tuple(inputs)
+
+
+def _random(shape: list[int], dtype: torch.dtype, generator) -> torch.Tensor:
+    """Normal floats; integers and booleans in {0, 1} (safe as ids, masks and indices)."""
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    return torch.randint(0, 2, shape, generator=generator).to(dtype)
 
 
 def check_against_onnxruntime(path: str | Path, gm: nn.Module, inputs) -> float:
     """Run the file in ONNX Runtime and the capture in torch; raise if they disagree."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+        raise CaptureError(f"{path}: ONNX Runtime cannot load the file: {_short(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
-    expected = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+    if len(names) != len(inputs):
+        raise CaptureError(f"{path}: the file takes {len(names)} inputs, got {len(inputs)}")
+    feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, inputs, strict=True)}
+    try:
+        expected = session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - InvalidArgument, Fail, ... are not exported types
+        given = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in feeds.items())
+        raise CaptureError(
+            f"{path}: ONNX Runtime rejects the example inputs ({given}): {_short(exc)}"
+        ) from exc
     with torch.no_grad():
         got = gm(*inputs)
     got = [got] if isinstance(got, torch.Tensor) else list(got)
@@ -84,6 +120,10 @@ def check_against_onnxruntime(path: str | Path, gm: nn.Module, inputs) -> float:
             f"(max abs error {error:.3g}, {error / scale:.3g} relative > {TOLERANCE})"
         )
     return error / scale
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 def _inline_constant_identities(proto) -> None:

@@ -1,0 +1,114 @@
+"""Every edge answers with a typed graphopt error and one clear message, fast: too many inputs,
+hostile recipe sizes, out-of-range seeds and shapes, non-UTF-8 files, ONNX files ORT rejects."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt.errors import CaptureError, ConfigError, RecipeError
+from graphopt.recipe import MAX_PASSES, load_recipe, parse_recipe
+from tests.models import ConvBnRelu
+
+HEAD = "model: {torchvision: resnet18}\ninputs: [{shape: [1, 3, 8, 8]}]\n"
+
+
+def test_too_many_example_inputs_is_a_capture_error():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(CaptureError, match="takes 1 input"):
+        graphopt.optimize(ConvBnRelu().eval(), (x, x))
+    with pytest.raises(CaptureError, match="must be tensors"):
+        graphopt.capture(ConvBnRelu().eval(), [x.numpy()])
+
+
+def test_a_wrong_rank_input_names_the_node_in_one_line():
+    with pytest.raises(CaptureError) as info:
+        graphopt.capture(ConvBnRelu().eval(), torch.randn(3, 8))
+    first = str(info.value).splitlines()[0]
+    assert "at node conv" in first and "Expected 3D" in first and "meta=" not in first
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64 + 5])
+def test_seeds_out_of_range_are_refused(seed):
+    with pytest.raises(RecipeError, match="seed"):
+        parse_recipe(HEAD + f"seed: {seed}\n")
+    with pytest.raises(ConfigError, match="seed"):
+        graphopt.optimize(ConvBnRelu().eval(), torch.randn(1, 3, 8, 8), seed=seed)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [("[100000, 100000, 100000]", "elements"), ("[1, 1, 1, 1, 1, 1, 1, 1, 1]", "at most 8")],
+)
+def test_huge_or_deep_input_shapes_are_refused(shape, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(f"model: {{torchvision: resnet18}}\ninputs: [{{shape: {shape}}}]\n")
+
+
+def test_a_5mb_recipe_fails_in_well_under_a_second(tmp_path):
+    text = HEAD + "".join(f"key{i}: {i}\n" for i in range(400_000))
+    assert len(text) > 5_000_000
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match="limited to"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="limited to"):
+        parse_recipe(text)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_many_problems_are_located_in_linear_time_and_summarised():
+    text = HEAD + "".join(f"key{i}: {i}\n" for i in range(20_000))
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text)
+    assert time.perf_counter() - start < 5.0  # quadratic location took ~9 s here
+    assert "key0: Extra inputs are not permitted (line 3)" in str(info.value)
+    assert "and 19,950 more problems" in str(info.value)
+
+
+def test_too_many_passes_is_one_problem():
+    text = HEAD + "passes:\n" + "  - {pass: fold_batch_norm}\n" * (MAX_PASSES + 1)
+    with pytest.raises(RecipeError, match=f"at most {MAX_PASSES}"):
+        parse_recipe(text)
+
+
+def test_duplicate_keys_are_an_error_with_their_line():
+    with pytest.raises(RecipeError, match=r"seed: duplicate key \(line 4\)"):
+        parse_recipe(HEAD + "seed: 1\nseed: 2\n")
+    with pytest.raises(RecipeError, match=r"passes\[0\]\.ratio: duplicate key"):
+        parse_recipe(HEAD + "passes:\n  - pass: channel_pruning\n    ratio: 0.5\n    ratio: 0.2\n")
+
+
+def test_a_non_utf8_recipe_is_a_recipe_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(HEAD.encode() + b"# caf\xe9\n")
+    with pytest.raises(RecipeError, match="not UTF-8"):
+        load_recipe(path)
+
+
+class _BoolGate(nn.Module):
+    def forward(self, x, mask):
+        return torch.where(mask, x, torch.zeros_like(x))
+
+
+def test_an_onnx_file_with_a_bool_input_captures(tmp_path):
+    path = tmp_path / "gate.onnx"
+    x, mask = torch.randn(2, 4), torch.rand(2, 4) > 0.5
+    torch.onnx.export(_BoolGate(), (x, mask), path, dynamo=False, opset_version=17)
+    gm = graphopt.capture(path)  # example inputs from the file's declared types
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert placeholders[1].meta["tensor_meta"].dtype == torch.bool
+
+
+def test_example_inputs_onnx_runtime_rejects_are_a_capture_error(tmp_path):
+    path = tmp_path / "gate.onnx"
+    x, mask = torch.randn(2, 4), torch.rand(2, 4) > 0.5
+    torch.onnx.export(_BoolGate(), (x, mask), path, dynamo=False, opset_version=17)
+    with pytest.raises(CaptureError, match="ONNX Runtime rejects the example inputs"):
+        graphopt.capture(path, (x.double(), mask))  # torch runs it; ORT wants float32
