@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/low_rank.py
 	$(BIN)/python bench/net2net.py
+	$(BIN)/python bench/fuzz_passes.py
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/e2e_cifar.py
 	$(BIN)/python bench/kernels.py

@@ -73,6 +73,8 @@ def replace_with_chain(gm: fx.GraphModule, node: fx.Node, modules: list[nn.Modul
         with gm.graph.inserting_after(anchor):
             anchor = value = gm.graph.call_module(names[-1], (value,))
         anchor.meta["stack_trace"] = node.meta.get("stack_trace")
+    if "tensor_meta" in node.meta:  # the chain computes what the layer did: same output shape
+        value.meta["tensor_meta"] = node.meta["tensor_meta"]
     node.replace_all_uses_with(value)
     gm.graph.erase_node(node)
     return names

@@ -80,8 +80,20 @@ class Artifact:
         vm, device = self._machine()
         import tvm
 
-        result = vm["main"](*(tvm.runtime.tensor(a, device) for a in arrays))
-        outputs = [o.numpy() for o in _flatten(result)]
+        try:
+            result = vm["main"](*(tvm.runtime.tensor(a, device) for a in arrays))
+            outputs = [o.numpy() for o in _flatten(result)]
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own untyped errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ArtifactError(
+                f"{self.directory}: the compiled model failed on these inputs "
+                f"({type(exc).__name__}: {first})"
+            ) from exc
+        if len(outputs) != len(self.manifest.outputs):
+            raise ArtifactError(
+                f"{self.directory}: the library returned {len(outputs)} outputs, the manifest "
+                f"lists {len(self.manifest.outputs)}"
+            )
         if as_torch:
             import torch
 
@@ -114,8 +126,11 @@ class Artifact:
             device = tvm.cuda() if self.manifest.target.device == "cuda" else tvm.cpu()
             if self.manifest.target.device == "cpu":
                 self._size_pool()
-            lib = tvm.runtime.load_module(str(self._library))
-            self._vm = (relax.VirtualMachine(lib, device), device)
+            try:
+                lib = tvm.runtime.load_module(str(self._library))
+                self._vm = (relax.VirtualMachine(lib, device), device)
+            except Exception as exc:  # noqa: BLE001 - TVM raises its own untyped errors
+                raise ArtifactError(f"{self.directory}: cannot open {LIBRARY}: {exc}") from exc
         return self._vm
 
     def _size_pool(self) -> None:

@@ -112,14 +112,36 @@ def check_against_onnxruntime(path: str | Path, gm: nn.Module, inputs) -> float:
     with torch.no_grad():
         got = gm(*inputs)
     got = [got] if isinstance(got, torch.Tensor) else list(got)
-    scale = max(float(np.abs(e).max()) for e in expected) or 1.0
-    error = max(float(np.abs(g.numpy() - e).max()) for g, e in zip(got, expected, strict=True))
-    if error / scale > TOLERANCE:
+    if len(got) != len(expected):
+        raise CaptureError(
+            f"{path}: the captured graph returns {len(got)} outputs, the file {len(expected)}"
+        )
+    scale = max((_finite_max(e) for e in expected), default=0.0) or 1.0
+    error = max(_difference(g.numpy(), e) for g, e in zip(got, expected, strict=True))
+    if not error / scale <= TOLERANCE:
         raise CaptureError(
             f"{path}: the captured graph disagrees with ONNX Runtime on the file "
             f"(max abs error {error:.3g}, {error / scale:.3g} relative > {TOLERANCE})"
         )
     return error / scale
+
+
+def _finite_max(a: np.ndarray) -> float:
+    finite = np.abs(a[np.isfinite(a)]) if a.size else a
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _difference(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want|, where equal non-finite values (NaN and NaN, +inf and +inf) agree and a
+    non-finite value against anything else is an infinite difference."""
+    if got.shape != want.shape:
+        return float("inf")
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    if not (np.isfinite(got) | same).all() or not (np.isfinite(want) | same).all():
+        return float("inf")
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got.astype(np.float64) - want))
+    return float(diff.max()) if diff.size else 0.0
 
 
 def _short(exc: Exception) -> str:
