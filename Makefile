@@ -33,6 +33,7 @@ test: $(STAMP)
 	$(BIN)/ruff check graphopt passes tests docs/examples
 	$(BIN)/ruff format --check graphopt passes tests docs/examples
 	$(BIN)/python -m pytest -q
+	./.ci/wheel_smoke.sh $(VENV)
 
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt passes tests

@@ -48,9 +48,23 @@ class TorchvisionModel(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
 
     def build(self, base: Path) -> nn.Module:
-        import torchvision
-
-        return torchvision.models.get_model(self.torchvision, weights=None, **self.kwargs)
+        try:
+            import torchvision
+        except ImportError as exc:
+            raise RecipeError(
+                "model", [RecipeProblem("model.torchvision", "needs torchvision: pip install "
+                                        "'graphopt[vision]'")]
+            ) from exc
+        if self.torchvision not in torchvision.models.list_models():
+            raise RecipeError(
+                "model", [RecipeProblem("model.torchvision", f"unknown torchvision model "
+                                        f"{self.torchvision!r}")]
+            )
+        try:
+            return torchvision.models.get_model(self.torchvision, weights=None, **self.kwargs)
+        except (TypeError, ValueError) as exc:
+            problem = RecipeProblem("model.kwargs", f"{type(exc).__name__}: {exc}")
+            raise RecipeError("model", [problem]) from exc
 
 
 class PythonFactory(_Strict):
