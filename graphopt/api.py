@@ -16,11 +16,12 @@ from graphopt.analysis.shapes import propagate_shapes
 from graphopt.compiler.artifact import Artifact
 from graphopt.compiler.build import DEFAULT_TUNING
 from graphopt.compiler.build import compile as compile_model
+from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import ConfigError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
 from graphopt.pass_base import Pass, PassContext
-from graphopt.pass_manager import PassManager, PassObserver
+from graphopt.pass_manager import PassManager, PassObserver, check_data
 from graphopt.report import OptimizeReport
 
 
@@ -66,6 +67,14 @@ def optimize(
     if not (isinstance(seed, int) and 0 <= seed < 2**63):
         raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     manager = PassManager(passes, observer=observer)
+    if target is not None:
+        resolve_target(target)  # a typo fails now, not after the last pass
+    check_data(
+        manager.passes,
+        PassContext(
+            example_inputs=(), calibration_data=calibration_data, training_data=training_data
+        ),
+    )
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
     gm = _as_graph(model, inputs, leaf_modules, leaf_types)

@@ -27,6 +27,9 @@ from graphopt.errors import ConfigError, GraphOptError, PassError
 from graphopt.report import Decline, PassReport
 from graphopt.selectors import ModuleType, selects
 
+CALIBRATION = "calibration_data"
+TRAINING = "training_data"  # satisfied by training_data, else calibration_data
+
 
 @dataclass(frozen=True)
 class PassContext:
@@ -73,6 +76,9 @@ class Pass(BaseModel):
     """True when the rewrite preserves the model's function (checked after every run)."""
     requires: ClassVar[tuple[type[Pass], ...]] = ()
     """Passes that must have run before this one."""
+    requires_data: ClassVar[frozenset[str]] = frozenset()
+    """Data the pass reads (``CALIBRATION``, ``TRAINING``), checked before the first pass runs;
+    a pass whose needs depend on its fields overrides :meth:`data_needs`."""
 
     include: tuple[str, ...] = Field(
         default=(), description="Glob patterns of module names to touch (empty: all)."
@@ -85,6 +91,10 @@ class Pass(BaseModel):
     @abstractmethod
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Rewrite ``gm`` (a private copy the pass may change) and return the result."""
+
+    def data_needs(self) -> frozenset[str]:
+        """What this configuration reads from ``optimize``'s data arguments."""
+        return self.requires_data
 
     def is_exact(self) -> bool:
         """Whether this configuration preserves the function (``exact`` unless a pass's fields

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -11,9 +13,13 @@ from torch import fx
 
 from graphopt.analysis.cost import model_stats
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassContext
+from graphopt.pass_base import CALIBRATION, TRAINING, Pass, PassContext
 from graphopt.report import PassReport
 from graphopt.verify import EXACT_TOLERANCE, verify_pass_output
+
+
+class SelectorWarning(UserWarning):
+    """A pass's ``include``/``exclude`` pattern names no module: probably a typo."""
 
 
 class PassObserver(Protocol):
@@ -34,6 +40,34 @@ def check_order(passes: Sequence[Pass]) -> None:
         seen.add(pass_.name)
     if problems:
         raise ConfigError("invalid pass order:\n  " + "\n  ".join(problems))
+
+
+def check_data(passes: Sequence[Pass], ctx: PassContext) -> None:
+    """Every pass's data needs are met, checked before any pass runs; otherwise one ConfigError
+    listing each pass and what it lacks."""
+    given = {
+        CALIBRATION: ctx.calibration_data is not None,
+        TRAINING: ctx.training_data is not None or ctx.calibration_data is not None,
+    }
+    problems = [
+        f"passes[{index}] ({pass_.name}) needs {need} (optimize(..., {need}=...); recipe: "
+        f"data.{need.removesuffix('_data')})"
+        for index, pass_ in enumerate(passes)
+        for need in sorted(pass_.data_needs())
+        if not given.get(need, False)
+    ]
+    if problems:
+        raise ConfigError("missing data:\n  " + "\n  ".join(problems))
+
+
+def unmatched_patterns(pass_: Pass, gm: fx.GraphModule) -> list[str]:
+    """``include``/``exclude`` globs of ``pass_`` that name no module of ``gm``."""
+    names = [name for name, _ in gm.named_modules() if name]
+    return [
+        pattern
+        for pattern in (*pass_.include, *pass_.exclude)
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    ]
 
 
 class PassManager:
@@ -74,6 +108,13 @@ class PassManager:
 
     def _run_one(self, pass_: Pass, gm: fx.GraphModule, ctx: PassContext, reference: object):
         before_stats = model_stats(gm)
+        unmatched = unmatched_patterns(pass_, gm)
+        for pattern in unmatched:
+            warnings.warn(
+                f"pass {pass_.name!r}: pattern {pattern!r} matches no module of the graph",
+                SelectorWarning,
+                stacklevel=4,
+            )
         start = time.perf_counter()
         result = pass_(gm, ctx)
         seconds = time.perf_counter() - start
@@ -87,6 +128,10 @@ class PassManager:
                 "after": model_stats(after),
                 "verification": verification,
                 "seconds": seconds,
+                "notes": [
+                    *result.report.notes,
+                    *(f"pattern {p!r} matches no module" for p in unmatched),
+                ],
             }
         )
         return after, reference, report

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from torch import nn
 
+from graphopt.compiler.targets import TargetSpec
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import RecipeError, RecipeProblem, RegistryError
 from graphopt.pass_base import Pass
@@ -52,13 +53,21 @@ class TorchvisionModel(_Strict):
             import torchvision
         except ImportError as exc:
             raise RecipeError(
-                "model", [RecipeProblem("model.torchvision", "needs torchvision: pip install "
-                                        "'graphopt[vision]'")]
+                "model",
+                [
+                    RecipeProblem(
+                        "model.torchvision", "needs torchvision: pip install 'graphopt[vision]'"
+                    )
+                ],
             ) from exc
         if self.torchvision not in torchvision.models.list_models():
             raise RecipeError(
-                "model", [RecipeProblem("model.torchvision", f"unknown torchvision model "
-                                        f"{self.torchvision!r}")]
+                "model",
+                [
+                    RecipeProblem(
+                        "model.torchvision", f"unknown torchvision model {self.torchvision!r}"
+                    )
+                ],
             )
         try:
             return torchvision.models.get_model(self.torchvision, weights=None, **self.kwargs)
@@ -187,9 +196,7 @@ class CaptureOptions(_Strict):
 class CompileOptions(_Strict):
     """Compile the rewritten graph with TVM into an artifact (written to ``<output>/artifact``)."""
 
-    target: str | dict[str, Any] = Field(
-        description="llvm, cuda, cuda:<arch> (e.g. cuda:sm_90), aarch64, or a TVM target dict."
-    )
+    target: TargetSpec
     tuning: Tuning | None = Field(
         default_factory=Tuning, description="MetaSchedule tuning; null compiles untuned."
     )

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import fx, nn
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.passes._calibration import first_inputs, run_batches
 from graphopt.report import Decline
 
@@ -27,6 +27,7 @@ class BatchNormRecalibration(Pass):
 
     name: ClassVar[str] = "batch_norm_recalibration"
     exact: ClassVar[bool] = False
+    requires_data: ClassVar[frozenset[str]] = frozenset({CALIBRATION})
 
     batches: int = Field(default=32, ge=1, description="Most calibration batches used.")
 

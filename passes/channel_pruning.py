@@ -15,7 +15,7 @@ from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
 from graphopt.channels.rules import meta_items
 from graphopt.channels.surgery import prune
 from graphopt.errors import CaptureError, ConfigError, PassError
-from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.passes._channel_budget import (
     GroupPlan,
     MacModel,
@@ -80,6 +80,9 @@ class ChannelPruning(Pass):
         if self.iterations > 1 and self.ratio is None:
             raise ValueError("iterations > 1 needs ratio (a MAC target)")
         return self
+
+    def data_needs(self) -> frozenset[str]:
+        return frozenset({CALIBRATION}) if self.importance == "taylor" else frozenset()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if self.iterations == 1:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import fx, nn
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_base import TRAINING, Pass, PassContext, PassResult
 from graphopt.passes._calibration import split_batch
 from graphopt.report import Decline
 
@@ -38,6 +38,7 @@ class KnowledgeDistillation(Pass):
 
     name: ClassVar[str] = "knowledge_distillation"
     exact: ClassVar[bool] = False
+    requires_data: ClassVar[frozenset[str]] = frozenset({TRAINING})
 
     steps: int | None = Field(default=None, ge=1, description="Optimiser steps (or epochs).")
     epochs: Annotated[float, Field(gt=0, le=1000)] | None = Field(

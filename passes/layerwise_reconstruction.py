@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import fx, nn
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.passes._calibration import first_inputs, patches, run_batches
 from graphopt.report import Decline
 
@@ -30,6 +30,7 @@ class LayerwiseReconstruction(Pass):
 
     name: ClassVar[str] = "layerwise_reconstruction"
     exact: ClassVar[bool] = False
+    requires_data: ClassVar[frozenset[str]] = frozenset({CALIBRATION})
 
     ridge: Annotated[float, Field(ge=0, le=10)] = Field(
         default=1e-3, description="λ, relative to the mean of diag(XᵀX)."

@@ -14,7 +14,7 @@ from graphopt.analysis.cost import model_stats, node_macs
 from graphopt.analysis.shapes import shape_of
 from graphopt.errors import ConfigError
 from graphopt.ir import replace_with_chain
-from graphopt.pass_base import Pass, PassContext, PassResult
+from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.passes import _factorize as fz
 from graphopt.passes._calibration import (
     first_inputs,
@@ -87,6 +87,9 @@ class LowRankFactorization(Pass):
         if self.whiten and self.scheme == "spatial":
             raise ValueError("whiten is available for linear layers and schemes channel, tucker2")
         return self
+
+    def data_needs(self) -> frozenset[str]:
+        return frozenset({CALIBRATION}) if self.whiten else frozenset()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         candidates, declined = self._candidates(gm)

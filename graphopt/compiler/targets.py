@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
 
 from graphopt.errors import CompileError
 
@@ -71,22 +74,56 @@ def host_can_run(device: str, arch: str) -> str | None:
     return None
 
 
-def resolve_target(target: str | dict[str, Any]) -> ResolvedTarget:
-    """Turn what a user typed into a :class:`ResolvedTarget`; unknown names list the valid ones."""
+def check_target(target: Any) -> str | dict[str, Any]:
+    """The target's form, checked without TVM (fast: recipes and ``optimize`` call it before
+    any work): a known name, or a dict whose ``kind`` is llvm or cuda. Raises CompileError."""
     if isinstance(target, dict):
-        return _from_dict(target)
-    name = target.strip()
-    if name == "llvm":
-        return _host_llvm()
-    if name == "cuda" or name.startswith("cuda:"):
-        arch = name.partition(":")[2] or _local_cuda_arch() or DEFAULT_CUDA_ARCH
-        return _cuda(arch)
-    if name == "aarch64":
-        return _aarch64()
+        if not all(isinstance(k, str) for k in target):
+            raise CompileError(f"target dict keys must be strings: {target!r}")
+        if target.get("kind") not in ("llvm", "cuda"):
+            raise CompileError(
+                f"target kind {target.get('kind')!r} is not supported; use 'llvm' or 'cuda'"
+            )
+        return target
+    name = target.strip() if isinstance(target, str) else None
+    if name in ("llvm", "cuda", "aarch64"):
+        return name
+    if name is not None and name.startswith("cuda:"):
+        if not re.fullmatch(r"sm_\d{2,3}[a-z]?", name.partition(":")[2]):
+            raise CompileError(f"CUDA arch in {target!r} should look like 'cuda:sm_90'")
+        return name
     raise CompileError(
         f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}, "
         "or a full TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4', 'num-cores': 2}"
     )
+
+
+def _as_value_error(target: Any) -> str | dict[str, Any]:
+    try:
+        return check_target(target)
+    except CompileError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+TargetSpec = Annotated[
+    str | dict[str, Any],
+    AfterValidator(_as_value_error),
+    Field(description="llvm, cuda, cuda:<arch> (e.g. cuda:sm_90), aarch64, or a TVM target dict."),
+]
+"""The compile target as the API and recipes accept it (one type, checked the same way)."""
+
+
+def resolve_target(target: str | dict[str, Any]) -> ResolvedTarget:
+    """Turn what a user typed into a :class:`ResolvedTarget`; unknown names list the valid ones."""
+    target = check_target(target)
+    if isinstance(target, dict):
+        return _from_dict(target)
+    if target == "llvm":
+        return _host_llvm()
+    if target == "aarch64":
+        return _aarch64()
+    arch = target.partition(":")[2] or _local_cuda_arch() or DEFAULT_CUDA_ARCH
+    return _cuda(arch)
 
 
 def _host_llvm() -> ResolvedTarget:

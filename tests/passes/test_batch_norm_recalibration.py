@@ -54,7 +54,7 @@ def test_labelled_batches_and_the_batch_limit():
 
 
 def test_without_calibration_data_it_refuses():
-    with pytest.raises(ConfigError, match="needs calibration data"):
+    with pytest.raises(ConfigError, match="needs calibration_data"):
         graphopt.optimize(toy(), torch.randn(1, 3, 6, 6), [BatchNormRecalibration()])
 
 

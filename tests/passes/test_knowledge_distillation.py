@@ -120,7 +120,7 @@ def test_configuration_and_data_are_checked():
     with pytest.raises(ValidationError, match="needs 'features'"):
         KnowledgeDistillation(steps=1, feature_weight=1.0)
     model, x = toy(), torch.randn(2, 3, 6, 6)
-    with pytest.raises(ConfigError, match="needs training data"):
+    with pytest.raises(ConfigError, match="needs training_data"):
         graphopt.optimize(model, x, [KnowledgeDistillation(steps=1, progress=False)])
     epochs = KnowledgeDistillation(epochs=1, progress=False)
     with pytest.raises(ConfigError, match="len"):
