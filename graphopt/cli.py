@@ -10,8 +10,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from graphopt.errors import GraphOptError
+from graphopt.errors import (
+    ArtifactError,
+    CaptureError,
+    ConfigError,
+    GraphOptError,
+    ModelFileError,
+    RegistryError,
+)
 from graphopt.pass_base import Pass
 from graphopt.report import OptimizeReport, PassReport
 
@@ -64,10 +72,12 @@ def run(
     """Run a recipe: capture, rewrite, verify, report, and write the results."""
     console = _console()
     from graphopt.recipe import load_recipe
-    from graphopt.runner import run_recipe, write_outputs
+    from graphopt.runner import check_output_dir, run_recipe, write_outputs
 
     with _errors():
         spec, base = load_recipe(recipe)
+        out_dir = (output or base / spec.output_dir).resolve()
+        check_output_dir(out_dir)
         columns = (
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -75,14 +85,13 @@ def run(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, transient=True) as progress:
-            result = run_recipe(spec, base, _ProgressObserver(progress))
+            result = run_recipe(spec, base, _ProgressObserver(progress), source=recipe)
         console.print(summary_table(result.report))
         for report in result.report.passes:
             for decline in report.declined:
                 console.print(
                     f"  [yellow]declined[/] {report.name} at {decline.target}: {decline.reason}"
                 )
-        out_dir = (output or base / spec.output_dir).resolve()
         written = write_outputs(result, spec, out_dir)
         console.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
 
@@ -305,16 +314,21 @@ def _timing_table(timings) -> Table:
     return table
 
 
+# Exit status 2: what the user gave is wrong (recipe, config, model file, artifact, model that
+# cannot be captured). Status 1: graphopt could not do the work (a pass, verification, TVM).
+BAD_INPUT = (ConfigError, RegistryError, ModelFileError, ArtifactError, CaptureError)
+
+
 class _errors:
-    """Print graphopt's own errors without a traceback and exit with status 1."""
+    """Print graphopt's own errors without a traceback; exit 2 for bad input, else 1."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, exc, tb):
         if isinstance(exc, (GraphOptError, NotImplementedError)):
-            _console().print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(1)
+            _console().print(Text.assemble(("error: ", "red"), str(exc)), highlight=False)
+            raise typer.Exit(2 if isinstance(exc, BAD_INPUT) else 1)
         return False
 
 

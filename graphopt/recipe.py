@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import math
 import sys
@@ -84,19 +85,48 @@ class PythonFactory(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Factory arguments.")
 
     def call(self, base: Path) -> Any:
+        """Import and call the factory; every failure is a :class:`FactoryError` naming it."""
         module_name, _, attr = self.python.partition(":")
-        with _on_sys_path(base):
-            factory = importlib.import_module(module_name)
+        try:
+            with _on_sys_path(base):
+                factory = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - an import can raise anything
+            raise FactoryError(f"cannot import {module_name!r}: {_first_line(exc)}") from exc
         for part in attr.split("."):
+            if not hasattr(factory, part):
+                raise FactoryError(f"{self.python!r}: {module_name} has no {attr!r}")
             factory = getattr(factory, part)
-        return factory(**self.kwargs)
+        if not callable(factory):
+            raise FactoryError(f"{self.python!r} is a {type(factory).__name__}, not a function")
+        try:
+            inspect.signature(factory).bind(**self.kwargs)
+        except TypeError as exc:
+            raise FactoryError(f"{self.python!r} does not take these kwargs: {exc}") from exc
+        except ValueError:
+            pass  # no signature to check (a builtin): call it and see
+        try:
+            return factory(**self.kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's factory can raise anything
+            raise FactoryError(f"{self.python!r} raised {_first_line(exc)}") from exc
 
 
 class PythonModel(PythonFactory):
     """A factory ``package.module:function`` returning an ``nn.Module``."""
 
     def build(self, base: Path) -> nn.Module:
-        return self.call(base)
+        model = self.call(base)
+        if not isinstance(model, nn.Module):
+            raise FactoryError(f"{self.python!r} returned a {type(model).__name__}, not a module")
+        return model
+
+
+class FactoryError(Exception):
+    """A recipe's python factory failed; the runner turns it into a located RecipeError."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class SavedGraphModule(_Strict):
@@ -421,6 +451,17 @@ def _on_sys_path(directory: Path):
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(entry)
+
+
+def located_error(source: str | Path, path: str, message: str) -> RecipeError:
+    """A RecipeError for ``path`` in the recipe file ``source``, with its line when readable."""
+    line = None
+    try:
+        root, _ = _parse_yaml(Path(source).read_text(), str(source))
+        line = _LineIndex(root).line(path)
+    except (OSError, UnicodeDecodeError, RecipeError):
+        pass
+    return RecipeError(str(source), [RecipeProblem(path, message, line)])
 
 
 def dump_recipe(recipe: Recipe) -> str:

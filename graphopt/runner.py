@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from graphopt.api import OptimizeResult, optimize
+from graphopt.errors import ConfigError, RecipeError, RecipeProblem
 from graphopt.frontend.model_file import save_model
 from graphopt.pass_manager import PassObserver
-from graphopt.recipe import Recipe, dump_recipe
+from graphopt.recipe import FactoryError, Recipe, dump_recipe, located_error
 
 
 def run_recipe(
-    recipe: Recipe, base_dir: Path, observer: PassObserver | None = None
+    recipe: Recipe,
+    base_dir: Path,
+    observer: PassObserver | None = None,
+    source: str | Path | None = None,
 ) -> OptimizeResult:
-    """Build the recipe's model (in its mode), and optimize it with the recipe's passes."""
-    model = recipe.model.build(base_dir)
+    """Build the recipe's model (in its mode), and optimize it with the recipe's passes.
+
+    ``source`` (the recipe file) locates the failures of python factories in it."""
+    model = _factory(recipe.model.build, base_dir, "model.python", source)
     model.train(recipe.capture.mode == "train")
     sources = recipe.data
-    calibration, training, validation = (
-        factory.call(base_dir) if factory else None
-        for factory in (sources.calibration, sources.training, sources.validation)
-    )
+    data = {
+        name: _factory(factory.call, base_dir, f"data.{name}.python", source) if factory else None
+        for name, factory in (
+            ("calibration", sources.calibration),
+            ("training", sources.training),
+            ("validation", sources.validation),
+        )
+    }
     return optimize(
         model,
         recipe.example_inputs(),
@@ -30,12 +41,32 @@ def run_recipe(
         tuning=recipe.compile.tuning if recipe.compile else None,
         leaf_modules=recipe.capture.leaf_modules,
         leaf_types=recipe.capture.leaf_types,
-        calibration_data=calibration,
-        training_data=training,
-        validation=validation,
+        calibration_data=data["calibration"],
+        training_data=data["training"],
+        validation=data["validation"],
         seed=recipe.seed,
         observer=observer,
     )
+
+
+def _factory(call, base_dir: Path, path: str, source):
+    try:
+        return call(base_dir)
+    except FactoryError as exc:
+        if source is None:
+            raise RecipeError("<recipe>", [RecipeProblem(path, str(exc))]) from exc
+        raise located_error(source, path, str(exc)) from exc
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """The output directory can be created and written (checked before the run)."""
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"output directory {out_dir}: {parent} is a file")
+        if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"output directory {out_dir}: {parent} is not writable")
+            return
 
 
 def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list[Path]:

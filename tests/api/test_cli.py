@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from graphopt.cli import app
@@ -52,7 +53,7 @@ def test_run_reports_recipe_errors_with_paths(tmp_path):
     """,
     )
     result = runner.invoke(app, ["run", str(recipe)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "passes[0].ratio: Extra inputs are not permitted" in result.output
     assert "Traceback" not in result.output
 
@@ -71,7 +72,7 @@ def test_schema_prints_valid_json_and_lists_names():
     result = runner.invoke(app, ["schema", "fold_batch_norm"])
     assert json.loads(result.output)["title"] == "FoldBatchNorm"
     unknown = runner.invoke(app, ["schema", "nope"])
-    assert unknown.exit_code == 1 and "unknown pass" in unknown.output
+    assert unknown.exit_code == 2 and "unknown pass" in unknown.output
 
 
 def test_inspect_a_torchvision_model_and_a_recipe(tmp_path, monkeypatch):
@@ -126,7 +127,7 @@ def test_bench_refuses_a_tampered_artifact(tmp_path, monkeypatch):
     assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
     (tmp_path / "result" / "artifact" / "model.onnx").write_bytes(b"changed")
     result = runner.invoke(app, ["bench", str(tmp_path / "result" / "artifact")])
-    assert result.exit_code == 1 and "sha256 differs" in result.output
+    assert result.exit_code == 2 and "sha256 differs" in result.output
 
 
 def test_inspect_refuses_a_pickled_model_file_without_running_it(tmp_path):
@@ -143,7 +144,7 @@ def test_inspect_refuses_a_pickled_model_file_without_running_it(tmp_path):
     evil.write_bytes(pickle.dumps(Payload()))
     for args in (["inspect", str(evil), "--shape", "1,3,8,8"],):
         result = runner.invoke(app, args)
-        assert result.exit_code == 1 and "--trust-model-file" in result.output, result.output
+        assert result.exit_code == 2 and "--trust-model-file" in result.output, result.output
     assert not marker.exists()
 
 
@@ -164,3 +165,68 @@ def test_run_writes_a_model_file_inspect_reads_back(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "total:" in result.output
+
+
+FACTORIES = """
+import torch
+
+
+def raises():
+    raise RuntimeError("weights file not found")
+
+
+def takes_width(width):
+    return torch.nn.Conv2d(3, width, 1)
+
+
+def not_a_module():
+    return 42
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ('{python: "nowhere:model"}', "cannot import 'nowhere'"),
+        ('{python: "cli_factories:missing"}', "cli_factories has no 'missing'"),
+        ('{python: "cli_factories:raises"}', "raised RuntimeError: weights file not found"),
+        ('{python: "cli_factories:takes_width", kwargs: {depth: 3}}', "does not take these kwargs"),
+        ('{python: "cli_factories:not_a_module"}', "returned a int, not a module"),
+        ("{torchvision: resnet9000}", "unknown torchvision model 'resnet9000'"),
+    ],
+)
+def test_model_source_failures_are_one_located_line_and_exit_2(tmp_path, model, message):
+    (tmp_path / "cli_factories.py").write_text(FACTORIES)
+    recipe = write_recipe(tmp_path, f"model: {model}\ninputs: [{{shape: [1, 3, 8, 8]}}]\n")
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    if "python" in model:
+        assert "model.python" in result.output and "(line 1)" in result.output
+
+
+def test_a_wrong_rank_input_and_an_output_file_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = write_recipe(
+        tmp_path, 'model: {python: "tests.models:conv_bn_model"}\ninputs: [{shape: [3, 8]}]\n'
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "Expected 3D" in result.output, result.output
+    (tmp_path / "taken").write_text("a file")
+    recipe = write_recipe(
+        tmp_path,
+        'model: {python: "tests.models:conv_bn_model"}\ninputs: [{shape: [1, 3, 8, 8]}]\n'
+        "output_dir: taken/out\n",
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "is a file" in result.output, result.output
+
+
+def test_non_utf8_and_duplicate_key_recipes_exit_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"model: {torchvision: resnet18}\n# caf\xe9\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "not UTF-8" in result.output
+    path.write_text("model: {torchvision: resnet18}\nmodel: {torchvision: resnet50}\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "duplicate key (line 2)" in result.output
