@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from graphopt.ir import mutates_input
 from graphopt.report import Decline
 
 IDEMPOTENT_MODULES = (nn.ReLU, nn.ReLU6)
@@ -38,7 +39,7 @@ def shrink_depth(gm: fx.GraphModule, pass_, ctx):
             notes.append(f"{fused}: fused with the linear map after it")
         elif reason:
             declined.append(Decline(target=str(node.target), reason=reason))
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=lambda n: mutates_input(gm, n))
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, touched, notes, declined

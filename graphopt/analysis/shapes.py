@@ -19,16 +19,20 @@ RUN_SEED = 0
 def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> object:
     """Run ``gm`` on ``inputs`` (no grad), store ``node.meta['tensor_meta']``, return outputs.
 
-    The run is deterministic and leaves no trace: random ops see a fixed seed (so two graphs
-    with the same dropout draw the same masks) and buffers such as BatchNorm running
-    statistics are restored afterwards. A failing node raises a :class:`CaptureError`
+    The run is deterministic and leaves no trace: it runs on copies of ``inputs``, random ops
+    see a fixed seed (so two graphs with the same dropout draw the same masks) and buffers such
+    as BatchNorm running statistics are restored afterwards. A failing node raises a :class:`CaptureError`
     naming the node and its source line.
     """
     prop = _TrackingShapeProp(gm)
     try:
         # ShapeProp prints a traceback before re-raising; the CaptureError says it all.
         with side_effect_free_run(gm), contextlib.redirect_stderr(io.StringIO()):
-            return prop.propagate(*inputs)
+            # on copies: in-place ops in the graph (x.mul_(2)) must not change the caller's
+            # tensors, or every later run (verification included) would see other inputs
+            return prop.propagate(
+                *(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+            )
     except Exception as exc:  # noqa: BLE001 - name the node that failed
         node = prop.current
         cause = exc.__cause__ or exc  # ShapeProp wraps the error in a message dumping meta

@@ -12,6 +12,7 @@ import fnmatch
 import inspect
 import linecache
 import types
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -77,9 +78,28 @@ def capture(
     if tracer.is_leaf_module(model, ""):
         gm = _single_leaf_graph(model, len(inputs))  # tracing would go inside the root
     else:
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
         gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
+        _warn_about_frozen_buffers(model, buffers)
     propagate_shapes(gm, inputs)
     return gm
+
+
+class FrozenBufferWarning(UserWarning):
+    """``forward`` changed a buffer while it was traced: the graph does not repeat the change."""
+
+
+def _warn_about_frozen_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    for name, buffer in model.named_buffers():
+        old = before.get(name)
+        if old is not None and (old.shape != buffer.shape or not torch.equal(old, buffer)):
+            warnings.warn(
+                f"{type(model).__name__}.forward changes buffer {name!r} (e.g. a counter or "
+                "running statistic updated in forward): the captured graph keeps its value "
+                "frozen and does not update it",
+                FrozenBufferWarning,
+                stacklevel=3,
+            )
 
 
 def _trace(model, tracer, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
