@@ -27,7 +27,8 @@ system-deps:
 	} || echo "warning: aarch64-linux-gnu-gcc not installed; aarch64 tests will skip"
 
 demo: $(STAMP)
-	$(BIN)/graphopt run docs/examples/resnet18_demo.yaml
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
+	$(BIN)/python docs/examples/minilm/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check graphopt passes tests docs/examples

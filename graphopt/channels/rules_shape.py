@@ -240,6 +240,9 @@ def _slice_plan(shape, index):
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, (fx.Node, list)) for i in items) or items.count(Ellipsis) > 1:
         return None
+    bounds = [b for i in items if isinstance(i, slice) for b in (i.start, i.stop, i.step)]
+    if shape is None or any(not (b is None or isinstance(b, int)) for b in bounds):
+        return None  # a bound computed in the graph (x[:, :n] with n = size(1)): not basic
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
     if Ellipsis in items:
         at = items.index(Ellipsis)

@@ -255,7 +255,7 @@ def _getitem(node: fx.Node, ctx: SurgeryContext) -> None:
     for k, item in enumerate(items):
         if item is None:
             continue
-        if isinstance(item, slice) and item != slice(None):
+        if isinstance(item, slice) and item != slice(None) and len(ctx.dropped(source, in_axis)):
             start, stop, _ = item.indices(ctx.old_shape(source)[in_axis])
             dropped = ctx.dropped(source, in_axis)
             new_start = start - int(np.sum(dropped < start))
