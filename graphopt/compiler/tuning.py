@@ -32,6 +32,7 @@ from graphopt.compiler._baseline import (
     recheck_winners,
 )
 from graphopt.compiler._intrinsics import cpu_intrinsics_only
+from graphopt.compiler.cache_repair import repair_database
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
 from graphopt.compiler.threads import threads_for_children
@@ -405,9 +406,17 @@ def _merge(db_dir: Path, records):
 
 
 def _open(db_dir: Path):
+    """The cache database, after dropping what a torn write left unreadable (lock held)."""
     import tvm.s_tir.meta_schedule as ms
 
-    return ms.database.JSONDatabase(work_dir=str(db_dir))
+    repair_database(db_dir)
+    try:
+        return ms.database.JSONDatabase(work_dir=str(db_dir))
+    except Exception as exc:  # noqa: BLE001 - TVM raises untyped errors for bad files
+        raise CompileError(
+            f"tuning cache {db_dir} is unreadable ({type(exc).__name__}); delete the directory "
+            "to start the cache afresh"
+        ) from exc
 
 
 def _known(cache, task, tvm_target) -> bool:
