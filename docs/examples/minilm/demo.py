@@ -1,4 +1,4 @@
-"""The product in one command (`make demo`): a real pretrained model compressed, recovered,
+"""The product in one command (`make demo`): a real pretrained model compressed,
 compiled, timed against PyTorch eager and ONNX Runtime, and checked against the original.
 
     python docs/examples/minilm/demo.py [--rounds 30] [--sts]
