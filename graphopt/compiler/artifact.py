@@ -113,6 +113,7 @@ class Artifact:
                     f"input {spec.name!r}: expected {spec.dtype}{spec.shape}, "
                     f"got {a.dtype.name}{list(a.shape)} (the artifact is compiled for static shapes)"
                 )
+            _check_range(spec, a)
             arrays.append(np.ascontiguousarray(a))
         return arrays, as_torch
 
@@ -231,6 +232,19 @@ def parse_manifest(raw: bytes, file: Path) -> Manifest:
 
 def staging_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="graphopt-artifact-")
+
+
+def _check_range(spec, a: np.ndarray) -> None:
+    """Index inputs stay inside the table they index (the compiled gather does not check)."""
+    if spec.index_range is None or a.size == 0:
+        return
+    low, high = spec.index_range
+    least, most = int(a.min()), int(a.max())
+    if least < low or most >= high:
+        raise ArtifactError(
+            f"input {spec.name!r} indexes a table of {high} rows: values must be in "
+            f"[{low}, {high}), got [{least}, {most}]"
+        )
 
 
 def _flatten(value) -> list:

@@ -18,6 +18,7 @@ from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
 from graphopt.compiler.fold import fold_batch_norm
+from graphopt.compiler.index_bounds import index_ranges
 from graphopt.compiler.layout import channels_last
 from graphopt.compiler.lowering import compile_module
 from graphopt.compiler.manifest import (
@@ -182,7 +183,11 @@ def _write_portable(module, program, inputs, directory: Path) -> list[str]:
 
 def _input_specs(program, inputs) -> list[TensorSpec]:
     names = list(program.graph_signature.user_inputs)
-    return [_spec(name, x) for name, x in zip(names, inputs, strict=True)]
+    ranges = index_ranges(program)
+    return [
+        _spec(name, x).model_copy(update={"index_range": ranges.get(name)})
+        for name, x in zip(names, inputs, strict=True)
+    ]
 
 
 def _spec(name: str, x: torch.Tensor) -> TensorSpec:

@@ -28,6 +28,11 @@ class TensorSpec(_Strict):
     name: str
     shape: list[int] = Field(description="Static shape (batch included).")
     dtype: str = Field(description="numpy dtype name, e.g. float32.")
+    index_range: tuple[int, int] | None = Field(
+        default=None,
+        description="For an integer input used as an index (embedding ids): the valid [low, "
+        "high). The loader refuses values outside it before running.",
+    )
 
 
 class TargetInfo(_Strict):

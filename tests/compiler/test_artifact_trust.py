@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import graphopt
 from graphopt.compiler.manifest import LIBRARY, MANIFEST, SIGNATURE, sha256
@@ -96,3 +97,29 @@ def test_a_non_utf8_manifest_is_an_artifact_error(tiny_artifact, tmp_path):
     (directory / MANIFEST).write_bytes(b"\xff\xfe{}")
     with pytest.raises(ArtifactError, match="not UTF-8"):
         graphopt.load(directory)
+
+
+class _Embed(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids, scale):
+        return self.head(self.embedding(ids.view(-1)).mean(0, keepdim=True)) * scale
+
+
+def test_index_inputs_are_bounds_checked_before_running(tmp_path):
+    model = _Embed().eval()
+    ids, scale = torch.randint(0, 50, (2, 5)), torch.ones(1, 3)
+    artifact = graphopt.compile(model, (ids, scale), tuning=None)
+    specs = {s.name: s.index_range for s in artifact.manifest.inputs}
+    assert specs == {"ids": (0, 50), "scale": None}
+    with torch.no_grad():
+        torch.testing.assert_close(artifact(ids, scale), model(ids, scale), rtol=1e-4, atol=1e-5)
+    loaded = graphopt.load(artifact.save(tmp_path / "embed"))
+    for bad in (50, -1, 10**8):
+        out_of_range = ids.clone()
+        out_of_range[0, 0] = bad
+        with pytest.raises(ArtifactError, match=r"'ids' indexes a table of 50 rows"):
+            loaded(out_of_range, scale)
