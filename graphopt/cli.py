@@ -77,7 +77,7 @@ def run(
     with _errors():
         spec, base = load_recipe(recipe)
         out_dir = (output or base / spec.output_dir).resolve()
-        check_output_dir(out_dir)
+        check_output_dir(out_dir, None if output else base)
         columns = (
             SpinnerColumn(),
             TextColumn("{task.description}"),

@@ -342,10 +342,18 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
 
 
 def _duplicate_keys(root: yaml.Node | None) -> list[RecipeProblem]:
-    """YAML lets a later key silently replace an earlier one; a recipe may not."""
-    problems, stack = [], [(root, "")]
+    """YAML lets a later key silently replace an earlier one; a recipe may not. Aliases
+    (``*name``) are refused too: a few of them nest into an exponentially large document
+    (538 bytes became 184 MB when the recipe was written back)."""
+    problems, stack, seen_nodes = [], [(root, "")], set()
     while stack:
         node, path = stack.pop()
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in seen_nodes:
+                line = node.start_mark.line + 1
+                problems.append(RecipeProblem(path, "YAML aliases are not allowed", line))
+                continue
+            seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key, value in node.value:

@@ -58,8 +58,17 @@ def _factory(call, base_dir: Path, path: str, source):
         raise located_error(source, path, str(exc)) from exc
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """The output directory can be created and written (checked before the run)."""
+def check_output_dir(out_dir: Path, recipe_dir: Path | None = None) -> None:
+    """The output directory can be created and written, and is not the filesystem root or a
+    directory holding the recipe's own (checked before the run)."""
+    out_dir = out_dir.resolve()
+    if out_dir == Path(out_dir.anchor):
+        raise ConfigError(f"output directory {out_dir} is the filesystem root")
+    if recipe_dir is not None and out_dir in recipe_dir.resolve().parents:
+        raise ConfigError(
+            f"output directory {out_dir} contains the recipe's directory; write to a "
+            "directory of its own (e.g. output_dir: out)"
+        )
     for parent in (out_dir, *out_dir.parents):
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"output directory {out_dir}: {parent} is a file")

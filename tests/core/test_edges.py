@@ -112,3 +112,25 @@ def test_example_inputs_onnx_runtime_rejects_are_a_capture_error(tmp_path):
     torch.onnx.export(_BoolGate(), (x, mask), path, dynamo=False, opset_version=17)
     with pytest.raises(CaptureError, match="ONNX Runtime rejects the example inputs"):
         graphopt.capture(path, (x.double(), mask))  # torch runs it; ORT wants float32
+
+
+def test_yaml_aliases_are_refused_before_they_expand():
+    bomb = HEAD + 'a: &a ["x", "x", "x", "x", "x", "x", "x", "x"]\n'
+    for name, below in zip("bcdefghij", "abcdefghi", strict=True):
+        bomb += f"{name}: &{name} [*{below}, *{below}, *{below}, *{below}, *{below}, *{below}]\n"
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match="YAML aliases are not allowed"):
+        parse_recipe(bomb)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("output_dir", ["/", "..", "../.."])
+def test_output_dirs_that_hold_the_recipe_or_the_root_are_refused(tmp_path, output_dir):
+    from graphopt.runner import check_output_dir
+
+    base = tmp_path / "a" / "b"
+    base.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="filesystem root|contains the recipe"):
+        check_output_dir(base / output_dir, base)
+    check_output_dir(base / "out", base)
+    check_output_dir(base / "../sibling/out", base)
