@@ -17,14 +17,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The aarch64 target links with Debian's cross gcc. Installed when we can (root + apt-get);
-# otherwise the aarch64 tests skip with a reason.
+# The aarch64 target links with Debian's cross gcc, and the report.html test renders the page
+# in Debian's headless Chromium. Installed when we can (root + apt-get); otherwise those tests
+# skip with a reason.
 system-deps:
 	@command -v aarch64-linux-gnu-gcc >/dev/null || { \
 	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q gcc-aarch64-linux-gnu >/dev/null; }; }; \
 	} || echo "warning: aarch64-linux-gnu-gcc not installed; aarch64 tests will skip"
+	@command -v chromium >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -q chromium >/dev/null 2>&1; \
+	} || echo "warning: chromium not installed; the report's browser test will skip"
 
 demo: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from graphopt.analysis.cost import model_stats
+from graphopt.analysis.cost import layer_changes, model_stats
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.compiler.artifact import Artifact
 from graphopt.compiler.build import DEFAULT_TUNING
@@ -101,6 +101,7 @@ def optimize(
         after=model_stats(result),
         passes=reports,
         seconds=time.perf_counter() - start,
+        layers=layer_changes(gm, result),
     )
     artifact = None
     if target is not None:

@@ -55,6 +55,22 @@ class PassReport(_ReportModel):
     seconds: float | None = Field(default=None, ge=0, description="Wall time of the pass.")
 
 
+class LayerChange(_ReportModel):
+    """One layer of the captured model (a module with parameters), before and after the run.
+
+    A layer a pass replaced by several (low rank: ``conv`` → ``conv.0``, ``conv.1``) is
+    counted with its replacements; ``width`` is the output channels/features."""
+
+    name: str = Field(description="Qualified module name in the captured graph.")
+    kind: str = Field(description="Module class before the run.")
+    macs_before: int = Field(ge=0)
+    macs_after: int = Field(ge=0, description="0 when the layer was removed.")
+    params_before: int = Field(ge=0)
+    params_after: int = Field(ge=0)
+    width_before: int | None = None
+    width_after: int | None = None
+
+
 class OptimizeReport(_ReportModel):
     """The whole run: the model before and after, and every pass in order."""
 
@@ -70,6 +86,9 @@ class OptimizeReport(_ReportModel):
     after: ModelStats
     passes: list[PassReport]
     seconds: float = Field(ge=0, description="Wall time of capture and all passes.")
+    layers: list[LayerChange] = Field(
+        default_factory=list, description="Per layer MACs, params and width, before and after."
+    )
 
     def ratio(self, field: str) -> float:
         """``after / before`` for ``params`` or ``macs`` (1.0 when ``before`` is zero)."""

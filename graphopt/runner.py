@@ -11,6 +11,7 @@ from graphopt.errors import ConfigError, RecipeError, RecipeProblem
 from graphopt.frontend.model_file import save_model
 from graphopt.pass_manager import PassObserver
 from graphopt.recipe import FactoryError, Recipe, dump_recipe, located_error
+from graphopt.report_html import render
 
 
 def run_recipe(
@@ -88,6 +89,7 @@ def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list
         "report.json": lambda p: p.write_text(result.report.model_dump_json(indent=2)),
         "recipe.json": lambda p: p.write_text(dump_recipe(recipe)),
         "graph.py": lambda p: p.write_text(result.model.code),
+        "report.html": lambda p: p.write_text(render(result.report, _latency(result, recipe))),
     }
     written = []
     for name, write in files.items():
@@ -96,6 +98,34 @@ def write_outputs(result: OptimizeResult, recipe: Recipe, out_dir: Path) -> list
     if result.artifact is not None:
         written.append(result.artifact.save(out_dir / "artifact"))
     return written
+
+
+def _latency(result: OptimizeResult, recipe: Recipe) -> dict[str, float] | None:
+    """Median ms of the artifact and of the rewritten graph in eager on the example inputs,
+    measured side by side (None when nothing was compiled or this host cannot run it)."""
+    artifact = result.artifact
+    if artifact is None or artifact.runnable is not None:
+        return None
+    import torch
+
+    from graphopt.compiler.benchmark import time_interleaved
+
+    inputs = recipe.example_inputs()
+    arrays = [x.numpy() for x in inputs]
+
+    def eager():
+        with torch.no_grad():
+            return result.model(*inputs)
+
+    timings = time_interleaved(
+        {
+            "pytorch eager": eager,
+            f"graphopt ({artifact.manifest.target.name})": lambda: artifact(*arrays),
+        },
+        rounds=10,
+        warmup=2,
+    )
+    return {name: t.median_ms for name, t in timings.items()}
 
 
 def load_report(path: Path) -> dict:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from graphopt.analysis.shapes import shape_of
-from graphopt.report import ModelStats
+from graphopt.report import LayerChange, ModelStats
 
 ModuleMacs = Callable[[nn.Module, fx.Node], int]
 FunctionMacs = Callable[[fx.Node], int]
@@ -204,3 +204,44 @@ def model_stats(gm: fx.GraphModule) -> ModelStats:
     params = sum(p.numel() for p in gm.parameters())
     macs = sum(node_macs(gm, node) for node in gm.graph.nodes)
     return ModelStats(params=params, macs=macs)
+
+
+def layer_changes(before: fx.GraphModule, after: fx.GraphModule) -> list[LayerChange]:
+    """Every parameterised layer of ``before`` with its cost in ``after`` (the layer itself, or
+    the modules that replaced it: ``name.0``, ``name.1``, ...)."""
+    old, new = _layer_costs(before), _layer_costs(after)
+    changes = []
+    for name, (kind, macs, params, width) in old.items():
+        parts = [v for k, v in new.items() if k == name or k.startswith(f"{name}.")]
+        changes.append(
+            LayerChange(
+                name=name,
+                kind=kind,
+                macs_before=macs,
+                macs_after=sum(p[1] for p in parts),
+                params_before=params,
+                params_after=sum(p[2] for p in parts),
+                width_before=width,
+                width_after=parts[-1][3] if parts else None,
+            )
+        )
+    return changes
+
+
+def _layer_costs(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, int | None]]:
+    costs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        params = sum(p.numel() for p in module.parameters())
+        if not params:
+            continue
+        shape = shape_of(node)
+        width = None
+        if shape and len(shape) >= 2:
+            width = shape[-1] if isinstance(module, nn.Linear) else shape[1]
+        name = str(node.target)
+        kind, macs, total, _ = costs.get(name, (type(module).__name__, 0, 0, None))
+        costs[name] = (kind, macs + node_macs(gm, node), params, width)
+    return costs

@@ -119,6 +119,7 @@ def test_run_and_write_outputs_then_reload_the_saved_graph(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {
         "model.pt",
         "report.json",
+        "report.html",
         "recipe.json",
         "graph.py",
     }
