@@ -52,6 +52,8 @@ def test_expert_dicts_pass_through_and_bad_ones_are_refused():
     assert target.spec["mcpu"] == "skylake-avx512" and target.spec["num-cores"] >= 1
     assert target.name == "custom"
     with pytest.raises(CompileError, match="invalid TVM target"):
+        resolve_target({"kind": "llvm", "no-such-option": 1})
+    with pytest.raises(CompileError, match="not supported"):
         resolve_target({"kind": "no-such-kind"})
     with pytest.raises(CompileError, match="not supported"):
         resolve_target({"kind": "c"})
