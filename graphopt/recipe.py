@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,6 +34,12 @@ from graphopt.compiler.targets import TargetSpec
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import RecipeError, RecipeProblem, RegistryError
 from graphopt.pass_base import Pass
+from graphopt.recipe_text import (
+    format_path,
+    located,
+    parse_yaml,
+    structure_problems,
+)
 from graphopt.registry import REGISTRY
 from graphopt.selectors import ModuleType
 
@@ -178,7 +183,6 @@ ModelSource = Annotated[
 DType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a page of YAML; anything larger is refused unread
 MAX_PASSES = 1_000
-MAX_PROBLEMS = 50  # reported in full; the rest are counted
 MAX_INPUT_RANK = 8
 MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32 per example input
 
@@ -301,10 +305,10 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
                 )
             ],
         )
-    root, data = _parse_yaml(text, source)
+    root, data = parse_yaml(text, source)
     if not isinstance(data, dict):
         raise RecipeError(source, [RecipeProblem("", "a recipe must be a mapping")])
-    problems = _duplicate_keys(root)
+    problems = structure_problems(root)
     raw_passes = data.get("passes", [])
     if isinstance(raw_passes, list) and len(raw_passes) > MAX_PASSES:
         problems.append(
@@ -318,66 +322,8 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         recipe = None
         problems += [_problem(err["loc"], err["msg"]) for err in exc.errors()]
     if problems or recipe is None:
-        raise RecipeError(source, _located(problems, root))
+        raise RecipeError(source, located(problems, root))
     return recipe.model_copy(update={"passes": passes})
-
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: 10× faster
-
-
-def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The composed node tree (for line numbers) and the data built from it, in one parse."""
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
-        raise RecipeError(source, [RecipeProblem("", f"not valid YAML/JSON: {exc}", line)]) from exc
-    except RecursionError as exc:
-        raise RecipeError(source, [RecipeProblem("", "nested too deeply")]) from exc
-    finally:
-        loader.dispose()
-    return root, data
-
-
-def _duplicate_keys(root: yaml.Node | None) -> list[RecipeProblem]:
-    """YAML lets a later key silently replace an earlier one; a recipe may not. Aliases
-    (``*name``) are refused too: a few of them nest into an exponentially large document
-    (538 bytes became 184 MB when the recipe was written back)."""
-    problems, stack, seen_nodes = [], [(root, "")], set()
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, yaml.CollectionNode):
-            if id(node) in seen_nodes:
-                line = node.start_mark.line + 1
-                problems.append(RecipeProblem(path, "YAML aliases are not allowed", line))
-                continue
-            seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            seen: set = set()
-            for key, value in node.value:
-                name = getattr(key, "value", None)
-                if isinstance(name, str) and name in seen:
-                    where = f"{path}.{name}" if path else name
-                    problems.append(RecipeProblem(where, "duplicate key", key.start_mark.line + 1))
-                seen.add(name)
-                stack.append((value, f"{path}.{name}" if path else str(name)))
-        elif isinstance(node, yaml.SequenceNode):
-            stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-    return problems
-
-
-def _located(problems: list[RecipeProblem], root: yaml.Node | None) -> list[RecipeProblem]:
-    """Problems with their line numbers; past MAX_PROBLEMS, one line says how many more."""
-    index = _LineIndex(root)
-    shown = [
-        p if p.line is not None else RecipeProblem(p.path, p.message, index.line(p.path))
-        for p in problems[:MAX_PROBLEMS]
-    ]
-    if len(problems) > MAX_PROBLEMS:
-        shown.append(RecipeProblem("", f"... and {len(problems) - MAX_PROBLEMS:,} more problems"))
-    return shown
 
 
 def _build_passes(raw: Any, problems: list[RecipeProblem]) -> list[Pass]:
@@ -404,52 +350,6 @@ def _problem(loc: tuple, message: str) -> RecipeProblem:
     return RecipeProblem(format_path(loc), message)
 
 
-def format_path(loc: tuple) -> str:
-    """``("passes", 1, "ratio")`` → ``passes[1].ratio``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif str(part).startswith("passes["):
-            text += str(part)
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-class _LineIndex:
-    """Line numbers of recipe paths (``passes[1].ratio``): mappings are indexed once, so
-    locating every problem stays linear in the size of the recipe."""
-
-    def __init__(self, root: yaml.Node | None) -> None:
-        self.root = root
-        self._keys: dict[int, dict] = {}
-
-    def line(self, path: str) -> int | None:
-        """The 1-based line of ``path`` (of the deepest part found)."""
-        node, line = self.root, None
-        for key, index in _path_parts(path):
-            if isinstance(node, yaml.MappingNode):
-                node = self._mapping(node).get(key)
-            if node is not None and index is not None and isinstance(node, yaml.SequenceNode):
-                node = node.value[index] if index < len(node.value) else None
-            if node is None:
-                break
-            line = node.start_mark.line + 1
-        return line
-
-    def _mapping(self, node: yaml.MappingNode) -> dict:
-        if id(node) not in self._keys:
-            self._keys[id(node)] = {getattr(k, "value", None): v for k, v in reversed(node.value)}
-        return self._keys[id(node)]
-
-
-def _path_parts(path: str):
-    for part in path.split("."):
-        key, _, rest = part.partition("[")
-        yield key, int(rest.rstrip("]")) if rest else None
-
-
 @contextlib.contextmanager
 def _on_sys_path(directory: Path):
     entry = str(directory.resolve())
@@ -459,17 +359,6 @@ def _on_sys_path(directory: Path):
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(entry)
-
-
-def located_error(source: str | Path, path: str, message: str) -> RecipeError:
-    """A RecipeError for ``path`` in the recipe file ``source``, with its line when readable."""
-    line = None
-    try:
-        root, _ = _parse_yaml(Path(source).read_text(), str(source))
-        line = _LineIndex(root).line(path)
-    except (OSError, UnicodeDecodeError, RecipeError):
-        pass
-    return RecipeError(str(source), [RecipeProblem(path, message, line)])
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -10,7 +10,8 @@ from graphopt.api import OptimizeResult, optimize
 from graphopt.errors import ConfigError, RecipeError, RecipeProblem
 from graphopt.frontend.model_file import save_model
 from graphopt.pass_manager import PassObserver
-from graphopt.recipe import FactoryError, Recipe, dump_recipe, located_error
+from graphopt.recipe import FactoryError, Recipe, dump_recipe
+from graphopt.recipe_text import located_error
 from graphopt.report_html import render
 
 
