@@ -15,12 +15,14 @@ def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
     """A calibration batch as (model inputs, labels or None).
 
     Accepted: a tensor; ``(inputs, labels)`` where inputs is a tensor or a tuple of tensors
-    (several model inputs).
+    (several model inputs). The inputs are copies: a graph with in-place ops on its inputs
+    must not change the caller's data (or the next pass's view of it).
     """
     if isinstance(batch, torch.Tensor):
-        return (batch,), None
+        return (batch.clone(),), None
     inputs, labels = batch[0], batch[1] if len(batch) > 1 else None
-    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), labels
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs), labels
 
 
 def first_inputs(batches: Iterable[Any], limit: int) -> list[tuple[torch.Tensor, ...]]:

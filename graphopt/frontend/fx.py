@@ -12,7 +12,6 @@ import fnmatch
 import inspect
 import linecache
 import types
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -80,26 +79,27 @@ def capture(
     else:
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
-        _warn_about_frozen_buffers(model, buffers)
+        _refuse_mutated_buffers(model, buffers)
     propagate_shapes(gm, inputs)
     return gm
 
 
-class FrozenBufferWarning(UserWarning):
-    """``forward`` changed a buffer while it was traced: the graph does not repeat the change."""
-
-
-def _warn_about_frozen_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    for name, buffer in model.named_buffers():
-        old = before.get(name)
-        if old is not None and (old.shape != buffer.shape or not torch.equal(old, buffer)):
-            warnings.warn(
-                f"{type(model).__name__}.forward changes buffer {name!r} (e.g. a counter or "
-                "running statistic updated in forward): the captured graph keeps its value "
-                "frozen and does not update it",
-                FrozenBufferWarning,
-                stacklevel=3,
-            )
+def _refuse_mutated_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Python in ``forward`` that updates a buffer (a call counter, a hand-written running
+    mean) runs once while tracing and never in the graph: refuse rather than freeze it."""
+    changed = [
+        name
+        for name, buffer in model.named_buffers()
+        if name in before
+        and (before[name].shape != buffer.shape or not torch.equal(before[name], buffer))
+    ]
+    if changed:
+        raise CaptureError(
+            f"{type(model).__name__}.forward changes buffer(s) {changed} in Python code the "
+            "graph would not repeat (it would keep the traced value frozen)",
+            hint="move the update into a leaf module (capture(..., leaf_modules=[...])) or out "
+            "of forward",
+        )
 
 
 def _trace(model, tracer, inputs, leaf_modules, leaf_types) -> fx.GraphModule:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import graphopt
-from graphopt.frontend.fx import FrozenBufferWarning
+from graphopt.errors import CaptureError
 from graphopt.passes import (
     EliminateDeadCode,
     FoldBatchNorm,
@@ -66,8 +66,21 @@ class CountsCalls(nn.Module):
         return self.conv(x)
 
 
-def test_a_buffer_changed_by_forward_is_warned_about():
+def test_a_buffer_changed_by_forward_is_refused_not_frozen():
     model = CountsCalls()
-    with pytest.warns(FrozenBufferWarning, match="'calls'"):
+    with pytest.raises(CaptureError, match=r"changes buffer\(s\) \['calls'\]"):
         graphopt.capture(model, torch.randn(1, 3, 4, 4))
     assert model.calls.item() == 0  # the caller's model is never run
+
+
+def test_calibration_data_is_not_changed_by_in_place_ops():
+    from graphopt.passes import BatchNormRecalibration
+
+    model = randomize_batch_norm(InPlaceFirst()).eval()
+    batches = [torch.randn(2, 3, 8, 8) for _ in range(2)]
+    copies = [b.clone() for b in batches]
+    graphopt.optimize(
+        model, torch.randn(1, 3, 8, 8), [BatchNormRecalibration()], calibration_data=batches
+    )
+    for batch, copy in zip(batches, copies, strict=True):
+        torch.testing.assert_close(batch, copy, rtol=0, atol=0)
