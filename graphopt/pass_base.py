@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -23,10 +24,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import fx, nn
 
+from graphopt.analysis.ties import tied_modules
 from graphopt.errors import ConfigError, GraphOptError, PassError
 from graphopt.report import Decline, PassReport
 from graphopt.selectors import ModuleType, selects
 
+# While a pass runs: (tied module → why, the tied modules it asked to select)
+_TIED: ContextVar[tuple[dict[str, str], dict[str, str]] | None] = ContextVar(
+    "graphopt_tied_modules", default=None
+)
 CALIBRATION = "calibration_data"
 TRAINING = "training_data"  # satisfied by training_data, else calibration_data
 
@@ -76,6 +82,9 @@ class Pass(BaseModel):
     """True when the rewrite preserves the model's function (checked after every run)."""
     requires: ClassVar[tuple[type[Pass], ...]] = ()
     """Passes that must have run before this one."""
+    changes_ties: ClassVar[bool] = False
+    """True for a pass meant to tie or untie parameters (the pass manager checks the others
+    keep every tie)."""
     requires_data: ClassVar[frozenset[str]] = frozenset()
     """Data the pass reads (``CALIBRATION``, ``TRAINING``), checked before the first pass runs;
     a pass whose needs depend on its fields overrides :meth:`data_needs`."""
@@ -102,8 +111,16 @@ class Pass(BaseModel):
         return self.exact
 
     def selects(self, name: str, module: nn.Module | None) -> bool:
-        """Whether this pass may touch the module called ``name``."""
-        return selects(name, module, self.include, self.exclude, tuple(self.module_types))
+        """Whether this pass may touch the module called ``name``: chosen by the fields, and
+        not holding a parameter shared with another module (see :mod:`graphopt.analysis.ties`;
+        such a module is declined with the reason)."""
+        if not selects(name, module, self.include, self.exclude, tuple(self.module_types)):
+            return False
+        tied = _TIED.get()
+        if tied is not None and name in tied[0]:
+            tied[1].setdefault(name, tied[0][name])
+            return False
+        return True
 
     def config(self) -> dict[str, Any]:
         """The fields as a recipe would write them."""
@@ -133,14 +150,27 @@ class Pass(BaseModel):
         if missing:
             raise ConfigError(f"pass {self.name!r} requires {missing} to run before it")
         work = copy.deepcopy(gm)
+        asked: dict[str, str] = {}  # tied modules the pass wanted, and why they are tied
+        token = _TIED.set((tied_modules(work), asked))
         try:
             result = self.run(work, ctx)
         except GraphOptError:
             raise
         except Exception as exc:  # noqa: BLE001 - wrapped with the pass and its history
             raise PassError(self.name, ctx.history, exc) from exc
+        finally:
+            _TIED.reset(token)
         if not isinstance(result, PassResult):
             raise PassError(
                 self.name, ctx.history, TypeError(f"run() returned {type(result).__name__}")
             )
+        if asked:
+            declines = [
+                Decline(target=name, reason=f"tied parameter ({why}): rewriting it would untie it")
+                for name, why in asked.items()
+            ]
+            report = result.report.model_copy(
+                update={"declined": [*result.report.declined, *declines]}
+            )
+            result = PassResult(result.graph, result.modified, report)
         return result

@@ -12,7 +12,8 @@ from typing import Protocol
 from torch import fx
 
 from graphopt.analysis.cost import model_stats
-from graphopt.errors import ConfigError
+from graphopt.analysis.ties import parameter_ties
+from graphopt.errors import ConfigError, VerificationError
 from graphopt.pass_base import CALIBRATION, TRAINING, Pass, PassContext
 from graphopt.report import PassReport
 from graphopt.verify import EXACT_TOLERANCE, verify_pass_output
@@ -70,6 +71,20 @@ def unmatched_patterns(pass_: Pass, gm: fx.GraphModule) -> list[str]:
     ]
 
 
+def check_ties(pass_: Pass, before: fx.GraphModule, after: fx.GraphModule) -> None:
+    """The parameters shared before the pass are shared after it (and no new ones), unless
+    the pass declares ``changes_ties``; otherwise a VerificationError naming them."""
+    if pass_.changes_ties:
+        return
+    old, new = set(parameter_ties(before)), set(parameter_ties(after))
+    if old != new:
+        lost = ", ".join(" = ".join(t) for t in sorted(old - new)) or "none"
+        gained = ", ".join(" = ".join(t) for t in sorted(new - old)) or "none"
+        raise VerificationError(
+            pass_.name, f"parameter ties changed (untied: {lost}; newly tied: {gained})"
+        )
+
+
 class PassManager:
     """Runs passes in the given order; after each one lints, re-propagates shapes, executes
     the graph on the example inputs and, for exact passes, compares outputs."""
@@ -119,6 +134,7 @@ class PassManager:
         result = pass_(gm, ctx)
         seconds = time.perf_counter() - start
         after = result.graph
+        check_ties(pass_, gm, after)
         reference, verification = verify_pass_output(
             pass_.name, pass_.is_exact(), gm, after, ctx.example_inputs, reference, self.tolerance
         )

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from graphopt.analysis.shapes import propagate_shapes
+from graphopt.analysis.ties import tied_parameter_names
 from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
 from graphopt.channels.graph import Dim
 from graphopt.channels.surgery import resize
@@ -81,6 +82,8 @@ def _refusal(gm, group: ChannelGroup, selects) -> str | None:
     for d in group.dims:
         if len(np.unique(group.labels[d])) != len(group.labels[d]):
             return f"{d}: a unit spans several elements (reshape/flatten); not supported"
+    if shared := sorted({d.owner for d in group.params} & tied_parameter_names(gm)):
+        return f"tied parameter {shared[0]}: changing one of its users would untie it"
     owners = {d.owner.rpartition(".")[0] for d in group.params}
     if not any(selects(m, _module(gm, m)) for m in owners):
         return ""  # not selected: silent

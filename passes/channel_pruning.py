@@ -11,6 +11,7 @@ from torch import fx
 
 from graphopt.analysis.cost import model_stats
 from graphopt.analysis.shapes import propagate_shapes
+from graphopt.analysis.ties import tied_parameter_names
 from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
 from graphopt.channels.rules import meta_items
 from graphopt.channels.surgery import prune
@@ -155,6 +156,7 @@ class ChannelPruning(Pass):
 
     def _plans(self, gm, groups: list[ChannelGroup]) -> tuple[list[GroupPlan], list[Decline]]:
         plans, declined = [], []
+        tied = tied_parameter_names(gm)
         for group in groups:
             modules = sorted({d.owner.rpartition(".")[0] for d in group.params})
             if not group.params or group.num_channels <= 1:
@@ -169,6 +171,10 @@ class ChannelPruning(Pass):
                 )
                 continue
             if not all(self.selects(m, _module(gm, m)) for m in _producers(gm, group)):
+                continue
+            if shared := sorted({d.owner for d in group.params} & tied):
+                reason = f"tied parameter {shared[0]}: pruning one of its users would untie it"
+                declined.append(Decline(target=_names(group), reason=reason))
                 continue
             cap = self._cap(modules, group.num_channels)
             if cap <= 0:

@@ -66,9 +66,27 @@ class Outcome:
     detail: str = ""
 
 
-def random_model(kinds: list[str], seed: int) -> torch.nn.Module:
+class TiedTail(torch.nn.Module):
+    """A generated net, then two 1×1 convolutions sharing one weight (a parameter tie)."""
+
+    def __init__(self, net: RandomNet) -> None:
+        super().__init__()
+        self.net = net
+        width = net.head.in_features
+        self.tail_a = torch.nn.Conv2d(width, width, 1)
+        self.tail_b = torch.nn.Conv2d(width, width, 1)
+        self.tail_b.weight = self.tail_a.weight
+
+    def forward(self, x):
+        x = self.net.blocks(self.net.stem(x))
+        x = self.tail_b(torch.relu(self.tail_a(x)))
+        return self.net.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def random_model(kinds: list[str], seed: int, tied: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return randomize_batch_norm(RandomNet(kinds), seed).eval()
+    net = randomize_batch_norm(RandomNet(kinds), seed)
+    return (TiedTail(net) if tied else net).eval()
 
 
 def random_kinds(rng: random.Random, most: int = 6) -> list[str]:
@@ -102,4 +120,8 @@ def run_pass(name: str, model: torch.nn.Module, seed: int) -> Outcome:
         error = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
         if error > EXACT_TOLERANCE:
             return Outcome("silently wrong", f"exact pass changed outputs by {error:.2e}")
+    if isinstance(model, TiedTail):
+        tail_a, tail_b = result.model.get_submodule("tail_a"), result.model.get_submodule("tail_b")
+        if tail_a.weight is not tail_b.weight:
+            return Outcome("silently wrong", "the tail's shared weight was untied")
     return Outcome("ok")
