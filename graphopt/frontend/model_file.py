@@ -154,11 +154,25 @@ def _plain_attrs(module: nn.Module, prefix: str) -> dict[str, Any]:
 
 
 def _store(tensors: dict, prefix: str, name: str, value: torch.Tensor | None) -> str | None:
+    """Store ``value`` once: a tensor shared by several modules (a tied weight) keeps the key
+    of its first user, and loading gives every user the same Parameter again."""
     if value is None:
         return None
+    for key, stored in tensors.items():
+        if _same_tensor(stored, value):
+            return key
     key = f"{prefix}.{name}" if prefix else name
     tensors[key] = value.detach()
     return key
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
 
 
 # --------------------------------------------------------------------------------- loading
@@ -213,7 +227,7 @@ def _load_pickled(path: Path) -> fx.GraphModule:
 
 def _rebuild(document: dict, trust: bool) -> fx.GraphModule:
     tensors = document["tensors"]
-    root = _decode_module(document["root"], tensors, trust, "<root>")
+    root = _decode_module(document["root"], tensors, trust, "<root>", {})
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     for entry in document["graph"]:
@@ -309,7 +323,7 @@ def _decode(value: Any, nodes: dict, trust: bool = False) -> Any:
     raise ModelFileError(f"unknown value tag {tag!r}")
 
 
-def _decode_module(spec: dict, tensors: dict, trust: bool, where: str) -> nn.Module:
+def _decode_module(spec: dict, tensors: dict, trust: bool, where: str, shared: dict) -> nn.Module:
     cls = nn.Module if not spec["class"] else module_class(spec["class"], trust, where)
     module = cls.__new__(cls)
     nn.Module.__init__(module)
@@ -321,11 +335,12 @@ def _decode_module(spec: dict, tensors: dict, trust: bool, where: str) -> nn.Mod
             _tensor(tensors, value["tensor"]) if tagged else _decode(value, {}, trust)
         )
     for name, entry in spec["parameters"].items():
-        module._parameters[name] = (
-            None
-            if entry is None
-            else nn.Parameter(_tensor(tensors, entry[0]), requires_grad=bool(entry[1]))
-        )
+        if entry is None:
+            module._parameters[name] = None
+            continue
+        if entry[0] not in shared:  # one Parameter per stored tensor: ties come back
+            shared[entry[0]] = nn.Parameter(_tensor(tensors, entry[0]), bool(entry[1]))
+        module._parameters[name] = shared[entry[0]]
     for name, (key, persistent) in spec["buffers"].items():
         module._buffers[name] = _tensor(tensors, key) if key is not None else None
         if not persistent:
@@ -335,7 +350,7 @@ def _decode_module(spec: dict, tensors: dict, trust: bool, where: str) -> nn.Mod
             None
             if child is None
             else _decode_module(
-                child, tensors, trust, f"{where}.{name}" if where != "<root>" else name
+                child, tensors, trust, f"{where}.{name}" if where != "<root>" else name, shared
             )
         )
     module.training = bool(spec["training"])

@@ -190,3 +190,17 @@ def _helper(x):
 class _UsesHelper(nn.Module):
     def forward(self, x):
         return _helper(x) + 1
+
+
+def test_a_tied_weight_is_stored_once_and_comes_back_tied(tmp_path):
+    from tests.passes.test_parameter_ties import SharedConv
+
+    x = torch.randn(1, 3, 8, 8)
+    gm = graphopt.capture(SharedConv().eval(), x)
+    loaded = _round_trip(gm, tmp_path / "m.pt")
+    assert loaded.get_submodule("a").weight is loaded.get_submodule("b").weight
+    assert len(torch.load(tmp_path / "m.pt", weights_only=True)["tensors"]) == len(
+        list(gm.parameters())
+    ) + len(list(gm.buffers()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), gm(x), rtol=0, atol=0)
