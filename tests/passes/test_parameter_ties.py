@@ -100,11 +100,7 @@ def _tiny_gpt2():
     return gm
 
 
-@pytest.mark.parametrize(
-    "pass_",
-    [ChannelPruning(ratio=0.3), LowRankFactorization(rank_ratio=0.5), Net2NetWiden(factor=2)],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("pass_", PASSES, ids=lambda p: p.name)
 def test_the_embedding_and_head_tie_of_a_language_model_survives(pass_):
     gm = _tiny_gpt2()
     result = graphopt.optimize(gm, torch.randint(0, 100, (1, 8)), [pass_])
