@@ -41,7 +41,7 @@ from graphopt.recipe_text import (
     structure_problems,
 )
 from graphopt.registry import REGISTRY
-from graphopt.selectors import ModuleType
+from graphopt.selectors import ModuleType, deferred_imports
 
 
 class _Strict(BaseModel):
@@ -315,15 +315,24 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
             RecipeProblem("passes", f"{len(raw_passes):,} passes; at most {MAX_PASSES}")
         )
         raw_passes = []
+    with deferred_imports():  # first everything else: no user module is imported yet
+        recipe, passes = _validate(data, raw_passes, problems)
+    if problems or recipe is None:
+        raise RecipeError(source, located(problems, root))
+    recipe, passes = _validate(data, raw_passes, problems)  # now import the named types
+    if problems or recipe is None:
+        raise RecipeError(source, located(problems, root))
+    return recipe.model_copy(update={"passes": passes})
+
+
+def _validate(data: dict, raw_passes: Any, problems: list[RecipeProblem]):
     passes = _build_passes(raw_passes, problems)
     try:
         recipe = Recipe.model_validate({**data, "passes": []})
     except ValidationError as exc:
         recipe = None
         problems += [_problem(err["loc"], err["msg"]) for err in exc.errors()]
-    if problems or recipe is None:
-        raise RecipeError(source, located(problems, root))
-    return recipe.model_copy(update={"passes": passes})
+    return recipe, passes
 
 
 def _build_passes(raw: Any, problems: list[RecipeProblem]) -> list[Pass]:

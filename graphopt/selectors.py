@@ -8,10 +8,33 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 from torch import nn
+
+# Packages whose modules a recipe's type names may import while it is being validated; other
+# modules are imported only once everything else in the recipe has validated.
+TRUSTED_PACKAGES = frozenset({"torch", "torchvision", "onnx2torch", "transformers"})
+_DEFER_IMPORTS: ContextVar[bool] = ContextVar("graphopt_defer_imports", default=False)
+
+
+@contextmanager
+def deferred_imports():
+    """Validate type names without importing modules outside ``TRUSTED_PACKAGES`` (they stand
+    in as a placeholder class); the caller validates again, importing, once all else passed."""
+    token = _DEFER_IMPORTS.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_IMPORTS.reset(token)
+
+
+class _NotYetImported(nn.Module):
+    """Placeholder for a module type whose module is imported after validation."""
 
 
 def resolve_module_type(value: object) -> object:
@@ -24,6 +47,11 @@ def resolve_module_type(value: object) -> object:
             return found
         raise ValueError(f"{value!r} is not a module type of torch.nn; use a dotted path")
     module_name, _, attr = value.rpartition(".")
+    top = module_name.partition(".")[0]
+    if _DEFER_IMPORTS.get() and top not in TRUSTED_PACKAGES and module_name not in sys.modules:
+        if not all(part.isidentifier() for part in value.split(".")):
+            raise ValueError(f"{value!r} is not a dotted path")
+        return _NotYetImported
     try:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -134,3 +134,18 @@ def test_output_dirs_that_hold_the_recipe_or_the_root_are_refused(tmp_path, outp
         check_output_dir(base / output_dir, base)
     check_output_dir(base / "out", base)
     check_output_dir(base / "../sibling/out", base)
+
+
+def test_type_names_import_nothing_until_the_rest_of_the_recipe_is_valid(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "noisy_types.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nimport torch\nclass Block(torch.nn.Module):\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = HEAD + "capture: {leaf_types: [noisy_types.Block]}\nseed: -5\n"
+    with pytest.raises(RecipeError, match="seed"):
+        parse_recipe(broken)
+    assert not marker.exists()  # the invalid recipe ran none of the module's code
+    recipe = parse_recipe(HEAD + "capture: {leaf_types: [noisy_types.Block]}\n")
+    assert recipe.capture.leaf_types[0].__name__ == "Block" and marker.exists()
