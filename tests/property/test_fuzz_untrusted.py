@@ -227,3 +227,41 @@ def test_artifact_files_with_mutated_bytes(artifact_dir, tmp_path, edits, name):
     file = directory / name
     file.write_bytes(_mutate(file.read_bytes(), edits, None))
     _load_and_run(directory, *artifact_dir[1:], spec_unchanged=name != "manifest.json")
+
+
+class _Lookup(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(40, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids, scale):
+        return self.head(self.embedding(ids).mean(1)) * scale
+
+
+@pytest.fixture(scope="module")
+def lookup():
+    torch.manual_seed(0)
+    model = _Lookup().eval()
+    ids, scale = torch.randint(0, 40, (2, 5)), torch.ones(2, 3)
+    return model, graphopt.compile(model, (ids, scale), tuning=None)
+
+
+SCALES = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=6, max_size=6)
+
+
+@FUZZ
+@given(ids=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=10, max_size=10), scale=SCALES)
+def test_ids_over_the_whole_int64_range_and_non_finite_inputs(lookup, ids, scale):
+    model, artifact = lookup
+    ids = torch.tensor(ids, dtype=torch.int64).reshape(2, 5)
+    scale = torch.tensor(scale, dtype=torch.float32).reshape(2, 3)
+    try:
+        with torch.no_grad():
+            want = model(ids, scale)
+    except IndexError:
+        with pytest.raises(ArtifactError, match="indexes a table of 40 rows"):
+            artifact(ids, scale)
+        return
+    got = artifact(ids, scale)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5, equal_nan=True)
