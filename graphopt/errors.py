@@ -21,6 +21,13 @@ class GraphOptError(Exception):
     """Base class of every error graphopt raises on purpose."""
 
 
+def first_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` (just the name when the message is empty): how
+    an error from a library or the user's code is quoted inside a one-line graphopt error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class CaptureError(GraphOptError):
     """The model could not be traced into a torch.fx graph."""
 

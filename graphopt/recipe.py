@@ -32,7 +32,7 @@ from torch import nn
 
 from graphopt.compiler.targets import TargetSpec
 from graphopt.compiler.tuning import Tuning
-from graphopt.errors import RecipeError, RecipeProblem, RegistryError
+from graphopt.errors import RecipeError, RecipeProblem, RegistryError, first_line
 from graphopt.pass_base import Pass
 from graphopt.recipe_text import (
     format_path,
@@ -96,7 +96,7 @@ class PythonFactory(_Strict):
             with _on_sys_path(base):
                 factory = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001 - an import can raise anything
-            raise FactoryError(f"cannot import {module_name!r}: {_first_line(exc)}") from exc
+            raise FactoryError(f"cannot import {module_name!r}: {first_line(exc)}") from exc
         for part in attr.split("."):
             if not hasattr(factory, part):
                 raise FactoryError(f"{self.python!r}: {module_name} has no {attr!r}")
@@ -112,7 +112,7 @@ class PythonFactory(_Strict):
         try:
             return factory(**self.kwargs)
         except Exception as exc:  # noqa: BLE001 - the user's factory can raise anything
-            raise FactoryError(f"{self.python!r} raised {_first_line(exc)}") from exc
+            raise FactoryError(f"{self.python!r} raised {first_line(exc)}") from exc
 
 
 class PythonModel(PythonFactory):
@@ -127,11 +127,6 @@ class PythonModel(PythonFactory):
 
 class FactoryError(Exception):
     """A recipe's python factory failed; the runner turns it into a located RecipeError."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class SavedGraphModule(_Strict):

@@ -11,7 +11,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from graphopt.errors import CaptureError
+from graphopt.errors import CaptureError, first_line
 
 RUN_SEED = 0
 
@@ -36,10 +36,9 @@ def propagate_shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> obje
     except Exception as exc:  # noqa: BLE001 - name the node that failed
         node = prop.current
         cause = exc.__cause__ or exc  # ShapeProp wraps the error in a message dumping meta
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise CaptureError(
             f"the graph failed to run on the example inputs at node {node.name if node else '?'}: "
-            f"{type(cause).__name__}: {text}",
+            f"{first_line(cause)}",
             module=str(node.target) if node is not None and node.op == "call_module" else None,
             location=source_location(node) if node is not None else None,
             hint="check the example input shapes and dtypes against what the model expects",

@@ -19,7 +19,7 @@ from graphopt.compiler.manifest import LIBRARY, MANIFEST, Manifest, sha256
 from graphopt.compiler.signing import check_signature, key_from_env, sign
 from graphopt.compiler.targets import host_can_run
 from graphopt.compiler.threads import ENV, default_threads, use_threads
-from graphopt.errors import ArtifactError
+from graphopt.errors import ArtifactError, first_line
 
 
 class Artifact:
@@ -84,10 +84,8 @@ class Artifact:
             result = vm["main"](*(tvm.runtime.tensor(a, device) for a in arrays))
             outputs = [o.numpy() for o in _flatten(result)]
         except Exception as exc:  # noqa: BLE001 - TVM raises its own untyped errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ArtifactError(
-                f"{self.directory}: the compiled model failed on these inputs "
-                f"({type(exc).__name__}: {first})"
+                f"{self.directory}: the compiled model failed on these inputs ({first_line(exc)})"
             ) from exc
         if len(outputs) != len(self.manifest.outputs):
             raise ArtifactError(

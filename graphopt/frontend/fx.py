@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.analysis.ties import parameter_ties
-from graphopt.errors import CaptureError
+from graphopt.errors import CaptureError, first_line
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
 ROUTE_SYMBOLIC = "fx"
@@ -120,7 +120,7 @@ def _trace(model, tracer, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
         except Exception:  # noqa: BLE001 - report the symbolic failure: it names the cause
             raise _explain_trace_failure(model, exc) from exc
         gm.meta["capture_route"] = ROUTE_CONCRETE
-        gm.meta["capture_fallback_reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        gm.meta["capture_fallback_reason"] = first_line(exc)
         return _drop_constant_placeholders(gm, len(inputs))
     gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
     gm.meta["capture_route"] = route

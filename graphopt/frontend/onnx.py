@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphopt.errors import CaptureError
+from graphopt.errors import CaptureError, first_line
 
 TOLERANCE = 1e-4  # max |graphopt - onnxruntime| / max |onnxruntime|
 # ONNX TensorProto element types → torch dtypes.
@@ -97,7 +97,7 @@ def check_against_onnxruntime(path: str | Path, gm: nn.Module, inputs) -> float:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
-        raise CaptureError(f"{path}: ONNX Runtime cannot load the file: {_short(exc)}") from exc
+        raise CaptureError(f"{path}: ONNX Runtime cannot load the file: {first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
         raise CaptureError(f"{path}: the file takes {len(names)} inputs, got {len(inputs)}")
@@ -107,7 +107,7 @@ def check_against_onnxruntime(path: str | Path, gm: nn.Module, inputs) -> float:
     except Exception as exc:  # noqa: BLE001 - InvalidArgument, Fail, ... are not exported types
         given = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in feeds.items())
         raise CaptureError(
-            f"{path}: ONNX Runtime rejects the example inputs ({given}): {_short(exc)}"
+            f"{path}: ONNX Runtime rejects the example inputs ({given}): {first_line(exc)}"
         ) from exc
     with torch.no_grad():
         got = gm(*inputs)
@@ -142,10 +142,6 @@ def _difference(got: np.ndarray, want: np.ndarray) -> float:
     with np.errstate(invalid="ignore"):
         diff = np.where(same, 0.0, np.abs(got.astype(np.float64) - want))
     return float(diff.max()) if diff.size else 0.0
-
-
-def _short(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 def _inline_constant_identities(proto) -> None:
