@@ -32,7 +32,7 @@ from torch import nn
 
 from graphopt.compiler.targets import TargetSpec
 from graphopt.compiler.tuning import Tuning
-from graphopt.errors import RecipeError, RecipeProblem, RegistryError, first_line
+from graphopt.errors import ConfigError, RecipeError, RecipeProblem, RegistryError, first_line
 from graphopt.pass_base import Pass
 from graphopt.recipe_text import (
     format_path,
@@ -48,6 +48,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FactoryError(ConfigError):
+    """A model source or data factory of a recipe failed. ``field`` is its path in the recipe
+    when the source knows it (``model.torchvision``); the runner reports it with its line."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class TorchvisionModel(_Strict):
     """A torchvision architecture with random weights (nothing is downloaded)."""
 
@@ -58,28 +67,17 @@ class TorchvisionModel(_Strict):
         try:
             import torchvision
         except ImportError as exc:
-            raise RecipeError(
-                "model",
-                [
-                    RecipeProblem(
-                        "model.torchvision", "needs torchvision: pip install 'graphopt[vision]'"
-                    )
-                ],
+            raise FactoryError(
+                "needs torchvision: pip install 'graphopt[vision]'", field="model.torchvision"
             ) from exc
         if self.torchvision not in torchvision.models.list_models():
-            raise RecipeError(
-                "model",
-                [
-                    RecipeProblem(
-                        "model.torchvision", f"unknown torchvision model {self.torchvision!r}"
-                    )
-                ],
+            raise FactoryError(
+                f"unknown torchvision model {self.torchvision!r}", field="model.torchvision"
             )
         try:
             return torchvision.models.get_model(self.torchvision, weights=None, **self.kwargs)
         except (TypeError, ValueError) as exc:
-            problem = RecipeProblem("model.kwargs", f"{type(exc).__name__}: {exc}")
-            raise RecipeError("model", [problem]) from exc
+            raise FactoryError(first_line(exc), field="model.kwargs") from exc
 
 
 class PythonFactory(_Strict):
@@ -123,10 +121,6 @@ class PythonModel(PythonFactory):
         if not isinstance(model, nn.Module):
             raise FactoryError(f"{self.python!r} returned a {type(model).__name__}, not a module")
         return model
-
-
-class FactoryError(Exception):
-    """A recipe's python factory failed; the runner turns it into a located RecipeError."""
 
 
 class SavedGraphModule(_Strict):

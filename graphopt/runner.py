@@ -23,7 +23,7 @@ def run_recipe(
 ) -> OptimizeResult:
     """Build the recipe's model (in its mode), and optimize it with the recipe's passes.
 
-    ``source`` (the recipe file) locates the failures of python factories in it."""
+    ``source`` (the recipe file) locates the failures of model sources and factories in it."""
     model = _factory(recipe.model.build, base_dir, "model.python", source)
     model.train(recipe.capture.mode == "train")
     sources = recipe.data
@@ -55,6 +55,7 @@ def _factory(call, base_dir: Path, path: str, source):
     try:
         return call(base_dir)
     except FactoryError as exc:
+        path = exc.field or path
         if source is None:
             raise RecipeError("<recipe>", [RecipeProblem(path, str(exc))]) from exc
         raise located_error(source, path, str(exc)) from exc

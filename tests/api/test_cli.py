@@ -203,6 +203,8 @@ def test_model_source_failures_are_one_located_line_and_exit_2(tmp_path, model, 
     assert message in result.output and "Traceback" not in result.output
     if "python" in model:
         assert "model.python" in result.output and "(line 1)" in result.output
+    else:
+        assert "model.torchvision" in result.output and "(line 1)" in result.output
 
 
 def test_a_wrong_rank_input_and_an_output_file_exit_2(tmp_path, monkeypatch):
