@@ -304,11 +304,10 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
             RecipeProblem("passes", f"{len(raw_passes):,} passes; at most {MAX_PASSES}")
         )
         raw_passes = []
-    with deferred_imports():  # first everything else: no user module is imported yet
+    with deferred_imports() as deferred:  # first everything else: no user module imported
         recipe, passes = _validate(data, raw_passes, problems)
-    if problems or recipe is None:
-        raise RecipeError(source, located(problems, root))
-    recipe, passes = _validate(data, raw_passes, problems)  # now import the named types
+    if deferred and not problems and recipe is not None:
+        recipe, passes = _validate(data, raw_passes, problems)  # now import the named types
     if problems or recipe is None:
         raise RecipeError(source, located(problems, root))
     return recipe.model_copy(update={"passes": passes})

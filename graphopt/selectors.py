@@ -19,18 +19,20 @@ from torch import nn
 # Packages whose modules a recipe's type names may import while it is being validated; other
 # modules are imported only once everything else in the recipe has validated.
 TRUSTED_PACKAGES = frozenset({"torch", "torchvision", "onnx2torch", "transformers"})
-_DEFER_IMPORTS: ContextVar[bool] = ContextVar("graphopt_defer_imports", default=False)
+_DEFERRED: ContextVar[list[str] | None] = ContextVar("graphopt_deferred_imports", default=None)
 
 
 @contextmanager
 def deferred_imports():
-    """Validate type names without importing modules outside ``TRUSTED_PACKAGES`` (they stand
-    in as a placeholder class); the caller validates again, importing, once all else passed."""
-    token = _DEFER_IMPORTS.set(True)
+    """Validate type names without importing modules outside ``TRUSTED_PACKAGES``: they stand
+    in as a placeholder class, and their names are collected in the list this yields, so the
+    caller validates again (importing) once all else passed, and only if the list is not empty."""
+    deferred: list[str] = []
+    token = _DEFERRED.set(deferred)
     try:
-        yield
+        yield deferred
     finally:
-        _DEFER_IMPORTS.reset(token)
+        _DEFERRED.reset(token)
 
 
 class _NotYetImported(nn.Module):
@@ -48,9 +50,11 @@ def resolve_module_type(value: object) -> object:
         raise ValueError(f"{value!r} is not a module type of torch.nn; use a dotted path")
     module_name, _, attr = value.rpartition(".")
     top = module_name.partition(".")[0]
-    if _DEFER_IMPORTS.get() and top not in TRUSTED_PACKAGES and module_name not in sys.modules:
+    deferred = _DEFERRED.get()
+    if deferred is not None and top not in TRUSTED_PACKAGES and module_name not in sys.modules:
         if not all(part.isidentifier() for part in value.split(".")):
             raise ValueError(f"{value!r} is not a dotted path")
+        deferred.append(value)
         return _NotYetImported
     try:
         found = getattr(importlib.import_module(module_name), attr)
