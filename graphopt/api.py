@@ -69,12 +69,7 @@ def optimize(
     manager = PassManager(passes, observer=observer)
     if target is not None:
         resolve_target(target)  # a typo fails now, not after the last pass
-    check_data(
-        manager.passes,
-        PassContext(
-            example_inputs=(), calibration_data=calibration_data, training_data=training_data
-        ),
-    )
+    check_data(manager.passes, calibration_data, training_data)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
     gm = _as_graph(model, inputs, leaf_modules, leaf_types)

@@ -43,12 +43,12 @@ def check_order(passes: Sequence[Pass]) -> None:
         raise ConfigError("invalid pass order:\n  " + "\n  ".join(problems))
 
 
-def check_data(passes: Sequence[Pass], ctx: PassContext) -> None:
+def check_data(passes: Sequence[Pass], calibration_data: object, training_data: object) -> None:
     """Every pass's data needs are met, checked before any pass runs; otherwise one ConfigError
     listing each pass and what it lacks."""
     given = {
-        CALIBRATION: ctx.calibration_data is not None,
-        TRAINING: ctx.training_data is not None or ctx.calibration_data is not None,
+        CALIBRATION: calibration_data is not None,
+        TRAINING: training_data is not None or calibration_data is not None,
     }
     problems = [
         f"passes[{index}] ({pass_.name}) needs {need} (optimize(..., {need}=...); recipe: "
