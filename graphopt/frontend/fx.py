@@ -19,7 +19,6 @@ import torch
 from torch import fx, nn
 
 from graphopt.analysis.shapes import propagate_shapes
-from graphopt.analysis.ties import parameter_ties
 from graphopt.errors import CaptureError, first_line
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
@@ -82,7 +81,6 @@ def capture(
         gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
         _refuse_mutated_buffers(model, buffers)
     propagate_shapes(gm, inputs)
-    gm.meta["parameter_ties"] = parameter_ties(gm)  # checked after every pass
     return gm
 
 
