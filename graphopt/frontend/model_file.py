@@ -42,14 +42,14 @@ _HOOK_SLOTS = tuple(k for k in _MODULE_SLOTS if "hook" in k)
 # ---------------------------------------------------------------------------------- saving
 def save_model(gm: fx.GraphModule, path: str | Path) -> Path:
     """Write ``gm`` as data (see the module docstring); ``load_model`` reads it back."""
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = _TensorStore()
     document = {
         "format": FORMAT,
         "class_name": type(gm).__name__,
         "training": gm.training,
         "graph": [_encode_node(n) for n in gm.graph.nodes],
         "root": _encode_module(gm, "", tensors, is_root=True),
-        "tensors": tensors,
+        "tensors": tensors.by_key,
     }
     path = Path(path)
     torch.save(document, path)
@@ -58,8 +58,10 @@ def save_model(gm: fx.GraphModule, path: str | Path) -> Path:
 
 def _encode_node(node: fx.Node) -> dict[str, Any]:
     target = node.target
-    if node.op == "call_function":
-        target = _function_name(target, node)
+    if node.op == "call_function" and (target := _function_name(node.target)) is None:
+        raise ModelFileError(
+            f"node {node.name}: {node.target!r} has no name that imports back as the same function"
+        )
     return {
         "op": node.op,
         "name": node.name,
@@ -70,14 +72,13 @@ def _encode_node(node: fx.Node) -> dict[str, Any]:
     }
 
 
-def _function_name(fn: Any, node: fx.Node) -> str:
+def _function_name(fn: Any) -> str | None:
+    """The qualified name ``fn`` is saved under, if importing that name gives ``fn`` back."""
     try:
         name = _get_qualified_name(fn)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not nameable"
-        raise ModelFileError(f"node {node.name}: {fn!r} has no importable name") from exc
-    if resolve_function(name, trust=True) is not fn:
-        raise ModelFileError(f"node {node.name}: {name} does not import as the same function")
-    return name
+    except Exception:  # noqa: BLE001 - any failure means "not nameable"
+        return None
+    return name if resolve_function(name, trust=True) is fn else None
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -98,14 +99,15 @@ def _encode(value: Any, where: str) -> Any:
         return {"ellipsis": None}
     if isinstance(value, torch.dtype | torch.device | torch.memory_format | torch.layout):
         return {type(value).__name__: str(value).removeprefix("torch.")}
-    if callable(value) and not isinstance(value, nn.Module):
-        name = _get_qualified_name(value) if hasattr(value, "__name__") else repr(value)
-        if resolve_function(name, trust=True) is value:
-            return {"function": name}
+    nameable = callable(value) and not isinstance(value, nn.Module)
+    if nameable and (name := _function_name(value)) is not None:
+        return {"function": name}
     raise ModelFileError(f"{where}: cannot save a value of type {type(value).__name__} as data")
 
 
-def _encode_module(module: nn.Module, prefix: str, tensors: dict, is_root: bool = False) -> dict:
+def _encode_module(
+    module: nn.Module, prefix: str, tensors: _TensorStore, is_root: bool = False
+) -> dict:
     if hooks := [k for k in _HOOK_SLOTS if getattr(module, k, None)]:
         raise ModelFileError(
             f"module {prefix or '<root>'}: has hooks ({', '.join(hooks)}), "
@@ -121,10 +123,10 @@ def _encode_module(module: nn.Module, prefix: str, tensors: dict, is_root: bool 
         "children": {},
     }
     for name, param in module._parameters.items():
-        key = _store(tensors, prefix, name, param)
+        key = tensors.add(prefix, name, param)
         spec["parameters"][name] = None if param is None else [key, param.requires_grad]
     for name, buffer in module._buffers.items():
-        key = _store(tensors, prefix, name, buffer)
+        key = tensors.add(prefix, name, buffer)
         spec["buffers"][name] = [key, name not in module._non_persistent_buffers_set]
     for name, child in module._modules.items():
         child_prefix = f"{prefix}.{name}" if prefix else name
@@ -134,7 +136,7 @@ def _encode_module(module: nn.Module, prefix: str, tensors: dict, is_root: bool 
     if is_root:  # plain tensors set as attributes (get_attr constants), not registered
         for name, value in vars(module).items():
             if isinstance(value, torch.Tensor) and name not in _MODULE_SLOTS:
-                spec["attrs"][name] = {"tensor": _store(tensors, prefix, name, value)}
+                spec["attrs"][name] = {"tensor": tensors.add(prefix, name, value)}
     return spec
 
 
@@ -153,26 +155,23 @@ def _plain_attrs(module: nn.Module, prefix: str) -> dict[str, Any]:
     return attrs
 
 
-def _store(tensors: dict, prefix: str, name: str, value: torch.Tensor | None) -> str | None:
-    """Store ``value`` once: a tensor shared by several modules (a tied weight) keeps the key
-    of its first user, and loading gives every user the same Parameter again."""
-    if value is None:
-        return None
-    for key, stored in tensors.items():
-        if _same_tensor(stored, value):
-            return key
-    key = f"{prefix}.{name}" if prefix else name
-    tensors[key] = value.detach()
-    return key
+class _TensorStore:
+    """The file's tensors by key, each stored once: a tensor shared by several modules (a tied
+    weight) keeps the key of its first user, and loading gives every user the same Parameter."""
 
+    def __init__(self) -> None:
+        self.by_key: dict[str, torch.Tensor] = {}
+        self._keys: dict[tuple, str] = {}  # (storage, shape, stride, dtype) → key
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (
-        a.data_ptr() == b.data_ptr()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.dtype == b.dtype
-    )
+    def add(self, prefix: str, name: str, value: torch.Tensor | None) -> str | None:
+        if value is None:
+            return None
+        identity = (value.data_ptr(), tuple(value.shape), value.stride(), value.dtype)
+        if identity not in self._keys:
+            key = f"{prefix}.{name}" if prefix else name
+            self.by_key[key] = value.detach()
+            self._keys[identity] = key
+        return self._keys[identity]
 
 
 # --------------------------------------------------------------------------------- loading
