@@ -150,9 +150,8 @@ def _check_input_count(model: nn.Module, inputs: tuple) -> None:
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         kinds = ", ".join(type(x).__name__ for x in inputs)
         raise CaptureError(f"example inputs must be tensors, got ({kinds})")
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
+    parameters = _forward_parameters(model)
+    if parameters is None:
         return
     kinds = [p.kind for p in parameters]
     if inspect.Parameter.VAR_POSITIONAL in kinds:
@@ -165,17 +164,21 @@ def _check_input_count(model: nn.Module, inputs: tuple) -> None:
         )
 
 
+def _forward_parameters(model: nn.Module) -> list[inspect.Parameter] | None:
+    """``model.forward``'s parameters, or ``None`` when it has no readable signature."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
 def _unfed_defaults(model: nn.Module, num_inputs: int) -> dict:
     """``forward``'s parameters after the example inputs that have defaults (e.g.
     ``return_features=False``): traced as the constants they are, not as graph inputs."""
-    try:
-        parameters = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {
         p.name: p.default
-        for p in parameters[num_inputs:]
+        for p in (_forward_parameters(model) or [])[num_inputs:]
         if p.kind in named and p.default is not inspect.Parameter.empty
     }
 
