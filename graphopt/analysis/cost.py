@@ -242,6 +242,6 @@ def _layer_costs(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, int | Non
         if shape and len(shape) >= 2:
             width = shape[-1] if isinstance(module, nn.Linear) else shape[1]
         name = str(node.target)
-        kind, macs, total, _ = costs.get(name, (type(module).__name__, 0, 0, None))
-        costs[name] = (kind, macs + node_macs(gm, node), params, width)
+        kind, macs, _, _ = costs.get(name, (type(module).__name__, 0, 0, None))
+        costs[name] = (kind, macs + node_macs(gm, node), params, width)  # summed over calls
     return costs

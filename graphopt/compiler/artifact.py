@@ -40,12 +40,14 @@ class Artifact:
         *,
         threads: int | None = None,
         _keep: Any = None,
+        _library: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.manifest = manifest
         self.threads = threads
         self._keep = _keep  # a TemporaryDirectory that must live as long as this object
-        self._library = self.directory / LIBRARY  # load() points this at its verified copy
+        # the library that runs: load() gives the private copy of the bytes it verified
+        self._library = _library or self.directory / LIBRARY
         self._vm = None
 
     def __repr__(self) -> str:
@@ -173,16 +175,15 @@ def load(
         problems.append(f"{LIBRARY}: not listed in the manifest")
     if reason := host_can_run(manifest.target.device, manifest.target.arch):
         problems.append(f"target {manifest.target.name}: {reason}")
-    private = None
-    if not problems and (path / LIBRARY).is_file():
+    private = None  # with no problem so far, the library is listed and a regular file
+    if not problems:
         private = _verified_copy(path / LIBRARY, manifest.files[LIBRARY].sha256)
         if private is None:
             problems.append(f"{LIBRARY}: sha256 differs from the manifest (modified or corrupted)")
     if problems:
         raise ArtifactError(f"refusing to load {path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    artifact = Artifact(path, manifest, threads=threads, _keep=private)
-    artifact._library = Path(private.name) / LIBRARY
-    return artifact
+    library = Path(private.name) / LIBRARY
+    return Artifact(path, manifest, threads=threads, _keep=private, _library=library)
 
 
 def _verified_copy(library: Path, expected: str) -> tempfile.TemporaryDirectory | None:

@@ -44,23 +44,19 @@ def index_ranges(program) -> dict[str, tuple[int, int]]:
 
 
 def _rows_indexed(start: fx.Node) -> int | None:
-    smallest, frontier, seen = None, [start], {start}
+    rows, frontier, seen = [], [start], {start}
     while frontier:
         node = frontier.pop()
         for user in node.users:
             if user.target in _GATHERS:
-                rows = _table_rows(user, node)
-                if rows is not None:
-                    smallest = rows if smallest is None else min(smallest, rows)
-            elif user.target in _KEEPS_VALUES and user.args and user.args[0] is node:
-                if user not in seen:
-                    seen.add(user)
-                    frontier.append(user)
+                rows.append(_table_rows(user, node))
             elif user.target is aten.index.Tensor and node in (user.args[1] or []):
-                rows = _table_rows_index(user, node)
-                if rows is not None:
-                    smallest = rows if smallest is None else min(smallest, rows)
-    return smallest
+                rows.append(_table_rows_index(user, node))
+            elif user.target in _KEEPS_VALUES and user.args[:1] == (node,) and user not in seen:
+                seen.add(user)
+                frontier.append(user)
+    known = [r for r in rows if r is not None]
+    return min(known) if known else None
 
 
 def _table_rows(gather: fx.Node, index: fx.Node) -> int | None:
