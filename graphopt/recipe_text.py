@@ -49,11 +49,11 @@ def structure_problems(root: yaml.Node | None) -> list[RecipeProblem]:
             seen: set = set()
             for key, value in node.value:
                 name = getattr(key, "value", None)
+                where = f"{path}.{name}" if path else str(name)
                 if isinstance(name, str) and name in seen:
-                    where = f"{path}.{name}" if path else name
                     problems.append(RecipeProblem(where, "duplicate key", key.start_mark.line + 1))
                 seen.add(name)
-                stack.append((value, f"{path}.{name}" if path else str(name)))
+                stack.append((value, where))
         elif isinstance(node, yaml.SequenceNode):
             stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
     return problems
