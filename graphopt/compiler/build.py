@@ -21,6 +21,7 @@ from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.index_bounds import index_ranges
 from graphopt.compiler.layout import channels_last
 from graphopt.compiler.lowering import compile_module
+from graphopt.compiler.nan_semantics import nan_propagating_legalizations
 from graphopt.compiler.manifest import (
     LIBRARY,
     MANIFEST,
@@ -112,6 +113,7 @@ def _lower(
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
+        nan_propagating_legalizations(),
         relax.get_pipeline("zero"),
     ]
     with target.tvm():

@@ -10,7 +10,8 @@ where an op keeps its own layout (the classifier's flatten).
 
 ``clip`` (what ``torch.export`` makes of ReLU6 and hardtanh) has no layout rule in TVM 0.27:
 ``ConvertLayout`` would wrap each one in two transposes and keep it out of the convolution's
-fused epilogue. It is first rewritten as ``minimum(maximum(x, lo), hi)``, which has one.
+fused epilogue. It is first rewritten as ``minimum(hi, maximum(lo, x))``, which has one (the
+constants first, so that a NaN ``x`` stays NaN: :mod:`graphopt.compiler.nan_semantics`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def _clip_as_min_max():
                 return call
             x, lo, hi = call.args
             dtype = str(x.ty.dtype.dtype)
-            lower = relax.op.maximum(x, relax.const(_value(lo), dtype))
-            return relax.op.minimum(self.builder_.emit(lower), relax.const(_value(hi), dtype))
+            lower = relax.op.maximum(relax.const(_value(lo), dtype), x)  # constants first:
+            upper = relax.const(_value(hi), dtype)  # NaN passes (see nan_semantics)
+            return relax.op.minimum(upper, self.builder_.emit(lower))
 
     @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.ClipAsMinMax")
     def rewrite(mod, _ctx):

@@ -1,0 +1,84 @@
+"""NaN and infinities flow through compiled ReLUs, clamps and max pools as through PyTorch's
+(graphopt.compiler.nan_semantics): TVM's own lowering returned 0 for relu(NaN), 6 for
+relu6(NaN) and dropped a NaN from a max pool's window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import graphopt
+from tests.models import randomize_batch_norm
+
+pytestmark = pytest.mark.tvm
+
+
+class _Clamp(nn.Module):
+    def forward(self, x):
+        return torch.clamp(x, -0.5, 0.25)
+
+
+MODELS = {
+    "relu": lambda: nn.Sequential(nn.ReLU()),
+    "relu6": lambda: nn.Sequential(nn.ReLU6()),
+    "hardtanh": lambda: nn.Sequential(nn.Hardtanh(-2.0, 2.0)),
+    "clamp": lambda: nn.Sequential(_Clamp()),
+    "max_pool": lambda: nn.Sequential(nn.MaxPool2d(2)),
+    "max_pool_padded_ceil": lambda: nn.Sequential(nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+    # convolutions run channels-last, the activations fused into their kernels
+    "conv_bn_relu_pool": lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+    ),
+    "conv_relu6_linear_relu": lambda: nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 9 * 9, 5), nn.ReLU()
+    ),
+}
+
+
+def _with(value: float, *at: tuple[int, ...]) -> torch.Tensor:
+    x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    for index in at:
+        x[index] = value
+    return x
+
+
+def _same(got, want) -> None:
+    got = torch.as_tensor(got[0] if isinstance(got, list | tuple) else got)
+    np.testing.assert_array_equal(got.isnan().numpy(), want.isnan().numpy())
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_non_finite_inputs_come_out_as_from_pytorch(name):
+    torch.manual_seed(0)
+    model = randomize_batch_norm(MODELS[name]()).eval()
+    artifact = graphopt.compile(model, _with(0.0), tuning=None)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        x = _with(value, (0, 0, 2, 2), (0, 2, 8, 8))
+        with torch.no_grad():
+            want = model(x)
+        if value != value:
+            assert want.isnan().any(), "the NaN must reach the output"
+        _same(artifact(x), want)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    ceil=st.booleans(),
+    pad=st.integers(0, 1),
+    size=st.tuples(st.integers(5, 9), st.integers(5, 9)),
+)
+def test_max_pool_windows_match_pytorch(kernel, stride, dilation, ceil, pad, size):
+    pad = min(pad, kernel // 2)  # PyTorch's limit
+    model = nn.Sequential(nn.MaxPool2d(kernel, stride, pad, dilation, ceil_mode=ceil)).eval()
+    x = torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(1))
+    artifact = graphopt.compile(model, x, tuning=None)
+    x[0, 1, 2, 3] = float("nan")
+    _same(artifact(x), model(x))
