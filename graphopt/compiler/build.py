@@ -21,7 +21,6 @@ from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.index_bounds import index_ranges
 from graphopt.compiler.layout import channels_last
 from graphopt.compiler.lowering import compile_module
-from graphopt.compiler.nan_semantics import nan_propagating_legalizations
 from graphopt.compiler.manifest import (
     LIBRARY,
     MANIFEST,
@@ -31,6 +30,7 @@ from graphopt.compiler.manifest import (
     Versions,
     file_entries,
 )
+from graphopt.compiler.nan_semantics import nan_propagating_legalizations
 from graphopt.compiler.targets import ResolvedTarget, resolve_target
 from graphopt.compiler.tuning import Tuning, tune_and_apply
 from graphopt.compiler.winograd import winograd_convolutions
