@@ -41,7 +41,7 @@ from graphopt.recipe_text import (
     structure_problems,
 )
 from graphopt.registry import REGISTRY
-from graphopt.selectors import ModuleType, deferred_imports
+from graphopt.selectors import ModuleType, recipe_imports
 
 
 class _Strict(BaseModel):
@@ -304,13 +304,23 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
             RecipeProblem("passes", f"{len(raw_passes):,} passes; at most {MAX_PASSES}")
         )
         raw_passes = []
-    with deferred_imports() as deferred:  # first everything else: no user module imported
+    factories = _factory_modules(data)
+    with recipe_imports(factories) as deferred:  # first everything else: no user module imported
         recipe, passes = _validate(data, raw_passes, problems)
     if deferred and not problems and recipe is not None:
-        recipe, passes = _validate(data, raw_passes, problems)  # now import the named types
+        with recipe_imports(factories, importing=True):  # now import the factories' types
+            recipe, passes = _validate(data, raw_passes, problems)
     if problems or recipe is None:
         raise RecipeError(source, located(problems, root))
     return recipe.model_copy(update={"passes": passes})
+
+
+def _factory_modules(data: dict) -> frozenset[str]:
+    """The modules of the recipe's ``python: module:factory`` entries (model and data)."""
+    model, sources = data.get("model"), data.get("data")
+    entries = [model] + (list(sources.values()) if isinstance(sources, dict) else [])
+    names = [e.get("python") for e in entries if isinstance(e, dict)]
+    return frozenset(n.partition(":")[0] for n in names if isinstance(n, str) and ":" in n)
 
 
 def _validate(data: dict, raw_passes: Any, problems: list[RecipeProblem]):

@@ -11,28 +11,43 @@ import importlib
 import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from importlib.metadata import entry_points
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 from torch import nn
 
-# Packages whose modules a recipe's type names may import while it is being validated; other
-# modules are imported only once everything else in the recipe has validated.
+# Packages whose modules a recipe's type names may import: graphopt's dependencies.
 TRUSTED_PACKAGES = frozenset({"torch", "torchvision", "onnx2torch", "transformers"})
-_DEFERRED: ContextVar[list[str] | None] = ContextVar("graphopt_deferred_imports", default=None)
+# Packages register the modules holding their layer types under this entry-point group
+# (``my_layers = "mypkg.layers"``); reading the group imports nothing.
+MODULE_TYPES_GROUP = "graphopt.module_types"
+_RECIPE: ContextVar[_RecipeImports | None] = ContextVar("graphopt_recipe_imports", default=None)
+
+
+@dataclass
+class _RecipeImports:
+    factories: frozenset[str]  # the modules of the recipe's own ``python:`` factories
+    importing: bool = False  # False: those stand in as a placeholder, their names collected
+    deferred: list[str] = dc_field(default_factory=list)
 
 
 @contextmanager
-def deferred_imports():
-    """Validate type names without importing modules outside ``TRUSTED_PACKAGES``: they stand
-    in as a placeholder class, and their names are collected in the list this yields, so the
-    caller validates again (importing) once all else passed, and only if the list is not empty."""
-    deferred: list[str] = []
-    token = _DEFERRED.set(deferred)
+def recipe_imports(factories: frozenset[str], *, importing: bool = False):
+    """Resolve type names as a recipe may: from torch.nn, ``TRUSTED_PACKAGES``, the modules
+    registered under :data:`MODULE_TYPES_GROUP`, modules already imported, and the modules of
+    the recipe's own ``python:`` factories (code the recipe runs anyway). Any other module is
+    refused, never imported. With ``importing=False`` the factories' modules are not imported
+    either: their names stand in as a placeholder and are collected in the list this yields,
+    so that the caller validates again, importing, once all else has passed."""
+    state = _RecipeImports(factories, importing)
+    token = _RECIPE.set(state)
     try:
-        yield deferred
+        yield state.deferred
     finally:
-        _DEFERRED.reset(token)
+        _RECIPE.reset(token)
 
 
 class _NotYetImported(nn.Module):
@@ -48,19 +63,47 @@ def resolve_module_type(value: object) -> object:
         if isinstance(found, type):
             return found
         raise ValueError(f"{value!r} is not a module type of torch.nn; use a dotted path")
+    if not all(part.isidentifier() for part in value.split(".")):
+        raise ValueError(f"{value!r} is not a dotted path")
     module_name, _, attr = value.rpartition(".")
-    top = module_name.partition(".")[0]
-    deferred = _DEFERRED.get()
-    if deferred is not None and top not in TRUSTED_PACKAGES and module_name not in sys.modules:
-        if not all(part.isidentifier() for part in value.split(".")):
-            raise ValueError(f"{value!r} is not a dotted path")
-        deferred.append(value)
-        return _NotYetImported
+    recipe = _RECIPE.get()
+    if recipe is not None and not _known_module(module_name):
+        if not _within(module_name, recipe.factories):
+            raise ValueError(_unknown(value))
+        if not recipe.importing:
+            recipe.deferred.append(value)
+            return _NotYetImported
     try:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot import module type {value!r}: {exc}") from exc
     return found
+
+
+def _known_module(name: str) -> bool:
+    """A module a recipe may name without anything new running but graphopt's dependencies
+    and registered packages."""
+    if name in sys.modules or name.partition(".")[0] in TRUSTED_PACKAGES:
+        return True
+    return _within(name, registered_type_modules())
+
+
+def _within(name: str, modules: frozenset[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def registered_type_modules() -> frozenset[str]:
+    """The modules packages registered under :data:`MODULE_TYPES_GROUP`."""
+    return frozenset(ep.value.partition(":")[0] for ep in entry_points(group=MODULE_TYPES_GROUP))
+
+
+def _unknown(value: str) -> str:
+    return (
+        f"{value!r} is not a known module type: a recipe names types of torch.nn, "
+        f"{', '.join(sorted(TRUSTED_PACKAGES))}, modules already imported, its own python: "
+        f"factories' modules, or modules registered under the {MODULE_TYPES_GROUP!r} entry "
+        "point; graphopt does not import other modules a recipe names"
+    )
 
 
 def module_type_name(cls: type) -> str:
@@ -77,7 +120,9 @@ ModuleType = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "description": "A module class: a torch.nn name (Conv2d) or a dotted path.",
+            "description": "A module class: a torch.nn name (Conv2d) or a dotted path into "
+            "torch, torchvision, onnx2torch, transformers, the recipe's python: factory "
+            "modules or a package registered under the graphopt.module_types entry point.",
         }
     ),
 ]

@@ -136,16 +136,44 @@ def test_output_dirs_that_hold_the_recipe_or_the_root_are_refused(tmp_path, outp
     check_output_dir(base / "../sibling/out", base)
 
 
-def test_type_names_import_nothing_until_the_rest_of_the_recipe_is_valid(tmp_path, monkeypatch):
-    marker = tmp_path / "imported"
-    (tmp_path / "noisy_types.py").write_text(
+def _noisy_module(tmp_path, monkeypatch, name: str):
+    """A module that leaves a marker file when it is imported (its code runs)."""
+    marker = tmp_path / f"{name}-imported"
+    (tmp_path / f"{name}.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\nimport torch\nclass Block(torch.nn.Module):\n"
-        "    pass\n"
+        "    pass\ndef build():\n    return torch.nn.Conv2d(3, 3, 1)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    broken = HEAD + "capture: {leaf_types: [noisy_types.Block]}\nseed: -5\n"
+    return marker
+
+
+def test_type_names_outside_known_modules_are_refused_and_never_imported(tmp_path, monkeypatch):
+    marker = _noisy_module(tmp_path, monkeypatch, "noisy_unknown")
+    with pytest.raises(RecipeError, match="'noisy_unknown.Block' is not a known module type"):
+        parse_recipe(HEAD + "capture: {leaf_types: [noisy_unknown.Block]}\n")
+    with pytest.raises(RecipeError, match="not a known module type"):
+        parse_recipe(HEAD + "passes: [{pass: fold_batch_norm, module_types: [noisy_unknown.X]}]\n")
+    assert not marker.exists()  # refused by name: none of the module's code ran
+
+
+def test_a_factory_modules_types_are_imported_only_once_the_rest_is_valid(tmp_path, monkeypatch):
+    marker = _noisy_module(tmp_path, monkeypatch, "noisy_factory")
+    head = "model: {python: 'noisy_factory:build'}\ninputs: [{shape: [1, 3, 8, 8]}]\n"
+    broken = head + "capture: {leaf_types: [noisy_factory.Block]}\nseed: -5\n"
     with pytest.raises(RecipeError, match="seed"):
         parse_recipe(broken)
     assert not marker.exists()  # the invalid recipe ran none of the module's code
-    recipe = parse_recipe(HEAD + "capture: {leaf_types: [noisy_types.Block]}\n")
+    recipe = parse_recipe(head + "capture: {leaf_types: [noisy_factory.Block]}\n")
+    assert recipe.capture.leaf_types[0].__name__ == "Block" and marker.exists()
+
+
+def test_modules_registered_under_the_entry_point_resolve(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from graphopt import selectors
+
+    marker = _noisy_module(tmp_path, monkeypatch, "noisy_plugin")
+    registered = [EntryPoint("layers", "noisy_plugin", selectors.MODULE_TYPES_GROUP)]
+    monkeypatch.setattr(selectors, "entry_points", lambda group: registered)
+    recipe = parse_recipe(HEAD + "capture: {leaf_types: [noisy_plugin.Block]}\n")
     assert recipe.capture.leaf_types[0].__name__ == "Block" and marker.exists()
