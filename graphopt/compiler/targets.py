@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
@@ -129,8 +130,41 @@ def resolve_target(target: str | dict[str, Any]) -> ResolvedTarget:
 def _host_llvm() -> ResolvedTarget:
     from tvm.target import codegen
 
-    spec = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": physical_cores()}
+    cpu = codegen.llvm_get_system_cpu()
+    spec = {"kind": "llvm", "mcpu": cpu, "num-cores": physical_cores()}
+    hidden = hidden_features(cpu, cpuinfo_flags())
+    if hidden:
+        spec["mattr"] = [f"-{feature}" for feature in hidden]
     return ResolvedTarget("llvm", spec, "cpu", host_arch())
+
+
+# LLVM features named as the kernel's /proc/cpuinfo flags, widest first: turning one off in LLVM
+# turns off those built on it (-avx512f: every AVX-512 extension).
+_VECTOR_FEATURES = ("avx512f", "avx2", "fma", "avx")
+
+
+def hidden_features(cpu: str, flags: frozenset[str] | None) -> list[str]:
+    """Vector features LLVM's name for this CPU implies that the host does not offer. The name
+    comes from the CPU's family and model; a hypervisor can hide features of the model (cloud
+    VMs of AVX-512 parts without AVX-512), and code using them would die of SIGILL."""
+    from tvm.target import Target, codegen
+
+    if flags is None:
+        return []
+    implied = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": cpu})))
+    return [f for f in _VECTOR_FEATURES if f in implied and f not in flags]
+
+
+def cpuinfo_flags() -> frozenset[str] | None:
+    """The CPU flags Linux reports on x86 (None elsewhere or when unreadable)."""
+    if host_arch() != "x86_64":
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return None if line is None else frozenset(line.partition(":")[2].split())
 
 
 def _cuda(arch: str) -> ResolvedTarget:

@@ -90,6 +90,26 @@ def test_round_to_for_a_target_is_its_vector_width():
     assert vector_lanes_for("llvm") in (4, 8, 16)
 
 
+@pytest.mark.parametrize(
+    ("mcpu", "lanes", "accumulators"),
+    [
+        ("znver3", 8, 12),  # AVX2: TVM's llvm_get_vector_width says 512 for it
+        ("haswell", 8, 12),
+        ("znver4", 16, 24),
+        ("skylake-avx512", 16, 24),
+        ("x86-64", 4, 12),  # SSE2 only
+    ],
+)
+def test_lanes_and_registers_come_from_the_cpus_features(mcpu, lanes, accumulators):
+    from tvm.target import Target
+
+    from graphopt.compiler.schedules.tiles import lanes as lanes_of
+    from graphopt.compiler.schedules.tiles import registers
+
+    target = Target({"kind": "llvm", "mcpu": mcpu})
+    assert (lanes_of(target), registers(target)) == (lanes, accumulators)
+
+
 def test_vectors_follow_the_target_neon_gets_four_lanes():
     from graphopt.compiler.schedules import TILE_ATTR
 

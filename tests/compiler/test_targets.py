@@ -63,3 +63,37 @@ def test_host_can_run_explains_why_not():
     assert host_can_run("cpu", host_arch()) is None
     other = "aarch64" if host_arch() != "aarch64" else "x86_64"
     assert f"built for {other}" in host_can_run("cpu", other)
+
+
+def test_vector_features_a_hypervisor_hides_are_turned_off():
+    from graphopt.compiler import targets
+
+    avx2_only = frozenset({"sse2", "avx", "avx2", "fma"})
+    assert targets.hidden_features("znver4", avx2_only) == ["avx512f"]  # Zen 4 VM, AVX-512 off
+    assert targets.hidden_features("znver4", avx2_only | {"avx512f"}) == []
+    assert targets.hidden_features("haswell", frozenset({"sse2", "avx"})) == ["avx2", "fma"]
+    assert targets.hidden_features("znver4", None) == []  # no /proc/cpuinfo: LLVM's name stands
+
+
+def test_the_host_target_has_only_the_vector_features_the_host_reports(monkeypatch):
+    from tvm.target import codegen
+
+    from graphopt.compiler import targets, vector_lanes_for
+
+    monkeypatch.setattr(codegen, "llvm_get_system_cpu", lambda: "znver4")
+    monkeypatch.setattr(targets, "cpuinfo_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
+    resolved = resolve_target("llvm")
+    assert resolved.spec["mcpu"] == "znver4" and resolved.spec["mattr"] == ["-avx512f"]
+    assert not codegen.target_has_features("avx512f", resolved.tvm())
+    assert vector_lanes_for("llvm") == 8
+
+
+@pytest.mark.skipif(host_arch() != "x86_64", reason="/proc/cpuinfo flags are read on x86 only")
+def test_cpuinfo_flags_are_read_on_x86_linux():
+    from pathlib import Path
+
+    from graphopt.compiler import targets
+
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert "sse2" in targets.cpuinfo_flags()  # every x86-64 CPU has it

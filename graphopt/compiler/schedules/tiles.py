@@ -45,25 +45,32 @@ class Tile:
 
 
 def lanes(target) -> int:
-    """float32 lanes of the target's widest vector register."""
+    """float32 lanes of the target's widest vector register, from the CPU's features: 16 with
+    AVX-512, 8 with AVX/AVX2, 4 with SSE or NEON. (TVM's ``llvm_get_vector_width`` answers 512
+    for AVX2-only CPUs such as ``znver3``: tiles sized from it took two registers per vector.)"""
+    for feature, count in _VECTOR_FEATURES:
+        if _has(feature, target):
+            return count
+    return FALLBACK_LANES
+
+
+# (LLVM feature, float32 lanes), widest first; the first the target has sets the lanes.
+_VECTOR_FEATURES = (("avx512f", 16), ("avx", 8), ("sse2", 4), ("neon", 4))
+
+
+def _has(feature: str, target) -> bool:
     from tvm.target import codegen
 
     try:
-        bits = int(codegen.llvm_get_vector_width(target))
+        return bool(codegen.target_has_features(feature, target))
     except Exception:  # a target LLVM cannot describe
-        return FALLBACK_LANES
-    return max(bits // 32, 1)
+        return False
 
 
 def registers(target) -> int:
     """Vector accumulators a tile may use: 3/4 of the register file (32 with AVX-512 and NEON,
     16 with AVX2); the rest holds loaded operands."""
-    from tvm.target import codegen
-
-    try:
-        wide = bool(codegen.target_has_features("avx512f", target))
-    except Exception:  # a target LLVM cannot describe
-        wide = False
+    wide = _has("avx512f", target)
     arm = "aarch64" in str(target.attrs.get("mtriple", ""))
     return 24 if wide or arm else 12
 
