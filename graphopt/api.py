@@ -14,6 +14,7 @@ from torch import fx, nn
 from graphopt.analysis.cost import layer_changes, model_stats
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.compiler.artifact import Artifact
+from graphopt.compiler.baseline import Baseline, validate_baseline
 from graphopt.compiler.build import DEFAULT_TUNING
 from graphopt.compiler.build import compile as compile_model
 from graphopt.compiler.targets import resolve_target
@@ -49,13 +50,16 @@ def optimize(
     original: nn.Module | None = None,
     seed: int = 0,
     observer: PassObserver | None = None,
+    baseline: Baseline | None = None,
 ) -> OptimizeResult:
     """Capture ``model``, run ``passes`` in order (verifying after each), and report.
 
     ``model`` is never changed: the graph is captured from a deep copy. A ``GraphModule``
     (e.g. a saved result) is taken as already captured. With a ``target``, the rewritten
     graph is compiled (see :func:`graphopt.compile`, which gets ``tuning``) and the artifact,
-    whose manifest carries the report, is on ``result.artifact``.
+    whose manifest carries the report, is on ``result.artifact``; ``baseline``
+    (``"onnxruntime"`` or ``"eager"``) times it against that runtime (the manifest's
+    ``baseline``; a warning when it is not faster).
 
     Recovery passes read ``calibration_data`` (input batches, or ``(inputs, labels)`` batches
     such as a DataLoader yields) and ``training_data`` (fine-tuning batches; default: the
@@ -68,7 +72,9 @@ def optimize(
         raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     manager = PassManager(passes, observer=observer)
     if target is not None:
-        resolve_target(target)  # a typo fails now, not after the last pass
+        validate_baseline(baseline, resolve_target(target))  # a typo fails now, not at the end
+    elif baseline is not None:
+        raise ConfigError(f"baseline {baseline!r} needs a target to compile for")
     check_data(manager.passes, calibration_data, training_data)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
@@ -100,7 +106,7 @@ def optimize(
     )
     artifact = None
     if target is not None:
-        artifact = compile_model(result, inputs, target, tuning, report=report)
+        artifact = compile_model(result, inputs, target, tuning, report=report, baseline=baseline)
     return OptimizeResult(model=result, report=report, artifact=artifact)
 
 

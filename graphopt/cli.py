@@ -87,6 +87,7 @@ def run(
         with Progress(*columns, console=console, transient=True) as progress:
             result = run_recipe(spec, base, _ProgressObserver(progress), source=recipe)
         console.print(summary_table(result.report))
+        _print_baseline(console, result.artifact)
         for report in result.report.passes:
             for decline in report.declined:
                 console.print(
@@ -258,7 +259,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Time an artifact (median of interleaved rounds, p10–p90), against PyTorch eager."""
+    """Time an artifact (median of interleaved rounds, p10–p90), against PyTorch eager; an
+    artifact compiled with a baseline also shows that check, as stored and measured now."""
     console = _console()
     import torch
 
@@ -279,8 +281,41 @@ def bench(
         with torch.no_grad():
             timings = time_interleaved(contenders, rounds=rounds, warmup=warmup)
         console.print(_timing_table(timings))
+        data = {k: t.model_dump() for k, t in timings.items()}
+        remeasured = _remeasured_baseline(compiled, inputs, rounds)
+        if remeasured is not None:
+            console.print(remeasured[0])
+            data["baseline"] = {
+                "at_compile": compiled.manifest.baseline.model_dump(),
+                "now": remeasured[1].model_dump(),
+            }
         if json_out is not None:
-            json_out.write_text(json.dumps({k: t.model_dump() for k, t in timings.items()}))
+            json_out.write_text(json.dumps(data))
+
+
+def _print_baseline(console, artifact) -> None:
+    check = artifact.manifest.baseline if artifact is not None else None
+    if check is not None:
+        style = "green" if check.faster else "bold red"
+        console.print(Text(check.line(), style=style), highlight=False)
+
+
+def _remeasured_baseline(compiled, inputs, rounds: int):
+    """The manifest's baseline check next to the same check measured now (None when the
+    artifact was compiled without a baseline)."""
+    from graphopt.compiler.baseline import measure
+
+    stored = compiled.manifest.baseline
+    if stored is None:
+        return None
+    now = measure(compiled, stored.baseline, inputs, rounds)
+    table = Table(title=f"never-slower check against {stored.baseline}")
+    for column in ("", "artifact ms", f"{stored.baseline} ms", "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    for label, check in (("at compile", stored), ("now", now)):
+        ratio = Text(f"{check.ratio:.2f}", style="green" if check.faster else "bold red")
+        table.add_row(label, f"{check.artifact_ms:.3f}", f"{check.baseline_ms:.3f}", ratio)
+    return table, now
 
 
 def _random_input(spec, generator):

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from torch import nn
 
+from graphopt.compiler.baseline import Baseline
 from graphopt.compiler.targets import TargetSpec
 from graphopt.compiler.tuning import Tuning
 from graphopt.errors import ConfigError, RecipeError, RecipeProblem, RegistryError, first_line
@@ -222,6 +223,11 @@ class CompileOptions(_Strict):
     target: TargetSpec
     tuning: Tuning | None = Field(
         default_factory=Tuning, description="MetaSchedule tuning; null compiles untuned."
+    )
+    baseline: Baseline | None = Field(
+        default=None,
+        description="Time the artifact against onnxruntime or eager on the example inputs; "
+        "the run warns when it is not faster.",
     )
 
 

@@ -41,6 +41,7 @@ def run_recipe(
         recipe.passes,
         target=recipe.compile.target if recipe.compile else None,
         tuning=recipe.compile.tuning if recipe.compile else None,
+        baseline=recipe.compile.baseline if recipe.compile else None,
         leaf_modules=recipe.capture.leaf_modules,
         leaf_types=recipe.capture.leaf_types,
         calibration_data=data["calibration"],

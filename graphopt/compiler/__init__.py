@@ -1,6 +1,7 @@
 """The compiler half of graphopt: TVM builds, tuning with a shared cache, artifacts."""
 
 from graphopt.compiler.artifact import Artifact, load
+from graphopt.compiler.baseline import BaselineCheck, SlowerThanBaselineWarning
 from graphopt.compiler.build import compile
 from graphopt.compiler.manifest import Manifest
 from graphopt.compiler.schedules import vector_lanes_for
@@ -11,7 +12,9 @@ __all__ = [
     "RPC",
     "TARGET_NAMES",
     "Artifact",
+    "BaselineCheck",
     "Manifest",
+    "SlowerThanBaselineWarning",
     "Tuning",
     "TuningSummary",
     "compile",

@@ -29,6 +29,7 @@ def time_interleaved(
     warmup: int = 3,
     burst: int = 1,
     discard: int | None = None,
+    settle_s: float = 0.0,
 ) -> dict[str, Timing]:
     """Time every contender ``rounds`` times, one turn of each per round, after ``warmup``.
 
@@ -40,7 +41,10 @@ def time_interleaved(
     (measured: ONNX Runtime's MobileNetV2 median 7.9 ms in turns of 5 calls, 3.4 ms alone).
     The order of the turns rotates from round to round, so that no contender always follows
     the same one (the e2e bench's contender right after ONNX Runtime had p90s of 1.5–2× its
-    median, another one compiling the same code within 20 %).
+    median, another one compiling the same code within 20 %). ``settle_s`` seconds of sleep
+    before each turn let the previous runtime's spinning threads go to sleep first: on 2 cores,
+    a spinning ONNX Runtime worker sharing a core with a TVM worker held every call of a
+    0.2 ms artifact's burst to a scheduler time slice (8-12 ms), in one run out of two.
     """
     skip = (1 if burst > 1 else 0) if discard is None else discard
     if skip >= burst:
@@ -53,6 +57,8 @@ def time_interleaved(
     for turn in range(rounds):
         shift = turn % len(order)  # each contender follows every other equally often
         for name, fn in order[shift:] + order[:shift]:
+            if settle_s:
+                time.sleep(settle_s)
             for call in range(burst):
                 start = time.perf_counter()
                 fn()

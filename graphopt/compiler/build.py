@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
+from graphopt.compiler.baseline import Baseline, check_baseline, validate_baseline
 from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.index_bounds import index_ranges
 from graphopt.compiler.layout import channels_last
@@ -49,6 +50,7 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     *,
     report: OptimizeReport | None = None,
     winograd: bool = True,
+    baseline: Baseline | None = None,
 ) -> Artifact:
     """Compile ``model`` for ``target`` into an :class:`Artifact` (``model`` is not changed).
 
@@ -57,9 +59,13 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     targets every kernel without a tuned record runs graphopt's default schedule
     (:mod:`graphopt.compiler.schedules`). ``winograd=False`` keeps every convolution direct
     (Winograd's float32 results differ from direct ones by about 1e-6 of the output's scale).
+    ``baseline="onnxruntime"`` or ``"eager"`` times the artifact against that runtime on the
+    example inputs, stores both figures in the manifest (``baseline``) and warns
+    (:class:`~graphopt.compiler.baseline.SlowerThanBaselineWarning`) when it is not faster.
     """
     start = time.perf_counter()
     resolved = resolve_target(target)
+    validate_baseline(baseline, resolved)
     inputs = as_input_tuple(example_inputs)
     module = copy.deepcopy(model).eval()
     program = _export(module, inputs)
@@ -71,7 +77,11 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     manifest = _manifest(module, program, inputs, resolved, summary, report, notes, directory)
     manifest.compile_seconds = time.perf_counter() - start
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-    return Artifact(directory, manifest, _keep=staging)
+    artifact = Artifact(directory, manifest, _keep=staging)
+    if baseline is not None:
+        manifest.baseline = check_baseline(artifact, baseline, inputs)
+        (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return artifact
 
 
 def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):

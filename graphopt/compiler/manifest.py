@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphopt.compiler.baseline import BaselineCheck
 from graphopt.compiler.tuning import TuningSummary
 from graphopt.report import OptimizeReport
 
@@ -73,6 +74,9 @@ class Manifest(_Strict):
     report: OptimizeReport | None = Field(default=None, description="The optimize report.")
     tuning: TuningSummary | None = Field(default=None, description="None when not tuned.")
     compile_seconds: float = Field(ge=0)
+    baseline: BaselineCheck | None = Field(
+        default=None, description="The never-slower check, when compile was given a baseline."
+    )
     files: dict[FileName, FileEntry] = Field(
         description="Every other file of the directory (plain names; the signature is not one)."
     )

@@ -93,22 +93,27 @@ def test_compile_section_writes_an_artifact_and_bench_times_it(tmp_path, monkeyp
         model: {python: "tests.models:conv_bn_model"}
         inputs: [{shape: [1, 3, 8, 8]}]
         passes: [{pass: fold_batch_norm}]
-        compile: {target: llvm, tuning: null}
+        compile: {target: llvm, tuning: null, baseline: onnxruntime}
         output_dir: result
     """,
     )
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
+    assert " vs onnxruntime " in result.output  # the never-slower check's line
     artifact = tmp_path / "result" / "artifact"
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["passes"] == ["fold_batch_norm"] and manifest["tuning"] is None
+    assert manifest["baseline"]["baseline"] == "onnxruntime"
 
     timings = tmp_path / "timings.json"
     args = ["bench", str(artifact), "--model", str(artifact / "model.pt2"), "--rounds", "3"]
     result = runner.invoke(app, [*args, "--json", str(timings)])
     assert result.exit_code == 0, result.output
     assert "pytorch eager" in result.output and "graphopt (llvm)" in result.output
+    assert "never-slower check against onnxruntime" in result.output
     data = json.loads(timings.read_text())
+    checks = data.pop("baseline")
+    assert checks["at_compile"] == manifest["baseline"] and checks["now"]["rounds"] == 3
     assert set(data) == {"pytorch eager", "graphopt (llvm)"}
     assert all(t["rounds"] == 3 and t["median_ms"] > 0 for t in data.values())
 

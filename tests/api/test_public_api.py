@@ -61,13 +61,15 @@ SIGNATURES = {
     "training_data: 'Iterable[Any] | None' = None, "
     "validation: 'Callable[[nn.Module], float] | None' = None, "
     "original: 'nn.Module | None' = None, seed: 'int' = 0, "
-    "observer: 'PassObserver | None' = None) -> 'OptimizeResult'",
+    "observer: 'PassObserver | None' = None, baseline: 'Baseline | None' = None) "
+    "-> 'OptimizeResult'",
     "capture": "(model: 'nn.Module | str | Path', example_inputs: 'ExampleInputs | None' = None, "
     "*, leaf_modules: 'Iterable[str]' = (), "
     "leaf_types: 'Iterable[type[nn.Module]]' = ()) -> 'fx.GraphModule'",
     "compile": "(model: 'nn.Module', example_inputs: 'ExampleInputs', "
     f"target: 'str | dict' = 'llvm', tuning: 'Tuning | None' = {TUNING_DEFAULT}, *, "
-    "report: 'OptimizeReport | None' = None, winograd: 'bool' = True) -> 'Artifact'",
+    "report: 'OptimizeReport | None' = None, winograd: 'bool' = True, "
+    "baseline: 'Baseline | None' = None) -> 'Artifact'",
     "load": "(directory: 'str | Path', threads: 'int | None' = None, *, "
     "key: 'bytes | str | None' = None) -> 'Artifact'",
     "save_model": "(gm: 'fx.GraphModule', path: 'str | Path') -> 'Path'",

@@ -1,0 +1,66 @@
+"""The never-slower check: compile(..., baseline=) times the artifact against ONNX Runtime or
+eager, stores both figures in the manifest, and warns when the artifact is not faster."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+
+import graphopt
+from graphopt.compiler import baseline as baseline_module
+from graphopt.compiler.artifact import load
+from graphopt.compiler.baseline import SlowerThanBaselineWarning
+from graphopt.errors import CompileError, ConfigError
+from tests.compiler.conftest import TinyNet
+
+pytestmark = pytest.mark.tvm
+X = torch.randn(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("which", ["onnxruntime", "eager"])
+def test_both_figures_are_measured_side_by_side_and_kept(which, tmp_path):
+    artifact = graphopt.compile(TinyNet().eval(), X, tuning=None, baseline=which)
+    check = artifact.manifest.baseline
+    assert check.baseline == which and check.threads >= 1 and check.rounds >= 10
+    assert check.artifact_ms > 0 and check.baseline_ms > 0
+    assert check.ratio == pytest.approx(check.artifact_ms / check.baseline_ms)
+    assert load(artifact.save(tmp_path / "a")).manifest.baseline == check
+
+
+def test_a_faster_baseline_warns_and_a_slower_one_does_not(monkeypatch):
+    real = baseline_module.runner
+
+    def sleeping(seconds):
+        def runner(*args):
+            real(*args)  # the baseline loads as usual; then it takes `seconds` a call
+            return lambda: time.sleep(seconds)
+
+        return runner
+
+    monkeypatch.setattr(baseline_module, "runner", sleeping(0.0))
+    with pytest.warns(SlowerThanBaselineWarning, match="not faster than onnxruntime"):
+        slow = graphopt.compile(TinyNet().eval(), X, tuning=None, baseline="onnxruntime")
+    assert not slow.manifest.baseline.faster and "NOT faster" in slow.manifest.baseline.line()
+
+    monkeypatch.setattr(baseline_module, "runner", sleeping(0.02))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowerThanBaselineWarning)
+        fast = graphopt.compile(TinyNet().eval(), X, tuning=None, baseline="onnxruntime")
+    assert fast.manifest.baseline.faster and fast.manifest.baseline.baseline_ms >= 20
+
+
+def test_baselines_are_checked_before_any_work():
+    with pytest.raises(CompileError, match="baseline must be one of onnxruntime, eager"):
+        graphopt.compile(TinyNet().eval(), X, tuning=None, baseline="tensorrt")
+    with pytest.raises(CompileError, match="times CPU artifacts this host runs, not aarch64"):
+        graphopt.compile(TinyNet().eval(), X, target="aarch64", tuning=None, baseline="eager")
+    with pytest.raises(ConfigError, match="needs a target"):
+        graphopt.optimize(TinyNet().eval(), X, baseline="eager")
+
+
+def test_optimize_passes_the_baseline_to_compile():
+    result = graphopt.optimize(TinyNet().eval(), X, target="llvm", tuning=None, baseline="eager")
+    assert result.artifact.manifest.baseline.baseline == "eager"
