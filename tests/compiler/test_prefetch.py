@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from graphopt.compiler import winograd
+from graphopt.compiler import vector_lanes_for, winograd
 from tests.compiler.test_schedules import close_to_pytorch, kernels, lowered
 
 pytestmark = pytest.mark.tvm
@@ -64,8 +64,12 @@ def test_a_weight_streaming_convolution_marks_its_reduction_small_ones_do_not():
     big = _conv_kernel(
         nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()), torch.randn(1, 256, 7, 7)
     )
-    # 16 blocks of 2 × 16 output channels (9·256·32 weights each), 7 row tiles per block
-    assert _marked_loops(big) == ["param_0_global:7:73728"]
+    # blocks of groups × lanes output channels (9·256 weights each): 2 × 16 on AVX-512 (73728
+    # weights), 1 × 8 on AVX2 (18432); 7 row tiles per block
+    (marked,) = _marked_loops(big)
+    name, rows, weights = marked.split(":")
+    assert (name, rows) == ("param_0_global", "7")
+    assert int(weights) % (9 * 256 * vector_lanes_for("llvm")) == 0
     assert "prefetch next block" in big.attrs[TILE_ATTR]
     small = _conv_kernel(nn.Conv2d(16, 32, 3, padding=1), torch.randn(1, 16, 14, 14))
     assert _marked_loops(small) == [] and "prefetch" not in small.attrs[TILE_ATTR]
