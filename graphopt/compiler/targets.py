@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -155,6 +156,7 @@ def hidden_features(cpu: str, flags: frozenset[str] | None) -> list[str]:
     return [f for f in _VECTOR_FEATURES if f in implied and f not in flags]
 
 
+@cache
 def cpuinfo_flags() -> frozenset[str] | None:
     """The CPU flags Linux reports on x86 (None elsewhere or when unreadable)."""
     if host_arch() != "x86_64":
