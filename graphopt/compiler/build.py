@@ -18,6 +18,7 @@ from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
 from graphopt.compiler.baseline import Baseline, check_baseline, validate_baseline
+from graphopt.compiler.fast_math import fast_math_legalizations
 from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.index_bounds import index_ranges
 from graphopt.compiler.layout import channels_last
@@ -124,6 +125,7 @@ def _lower(
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         nan_propagating_legalizations(),
+        fast_math_legalizations(),
         relax.get_pipeline("zero"),
     ]
     with target.tvm():
