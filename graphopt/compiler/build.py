@@ -124,8 +124,9 @@ def _lower(
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        nan_propagating_legalizations(),
-        fast_math_legalizations(),
+        relax.transform.LegalizeOps(  # one pass: LegalizeOps legalizes every op it meets
+            {**nan_propagating_legalizations(), **fast_math_legalizations()}
+        ),
         relax.get_pipeline("zero"),
     ]
     with target.tvm():

@@ -12,26 +12,24 @@ A max pool reduces with ``acc = max(acc, x)``: a NaN ``x`` enters the accumulato
 comparison drops it again. Its reduction here keeps a NaN accumulator
 (``acc = select(isnan(acc), acc, max(acc, x))``; TVM simplifies ``acc ≠ acc`` to false), one compare and blend per window element.
 
-:func:`nan_propagating_legalizations` legalizes ``relax.nn.relu`` and ``relax.clip`` (which
-``torch.export`` makes of ReLU6, hardtanh and clamp) this way; it runs before TVM's own
-``LegalizeOps`` (in the ``zero`` pipeline), which then leaves them alone; ``relax.nn.max_pool2d``
-likewise with the NaN-keeping reduction.
+:func:`nan_propagating_legalizations` gives ``LegalizeOps`` entries for ``relax.nn.relu`` and
+``relax.clip`` (which ``torch.export`` makes of ReLU6, hardtanh and clamp) written this way,
+and for ``relax.nn.max_pool2d`` with the NaN-keeping reduction; ``compile`` legalizes with them
+(and :mod:`.fast_math`'s) before the ``zero`` pipeline, whose own ``LegalizeOps`` then finds
+nothing left.
 """
 
 from __future__ import annotations
 
 
-def nan_propagating_legalizations():
-    """The Relax pass legalizing ReLU and clip with their constants first (see the module)."""
-    from tvm import relax
-
-    return relax.transform.LegalizeOps(
-        {
-            "relax.nn.relu": _legalize_relu,
-            "relax.clip": _legalize_clip,
-            "relax.nn.max_pool2d": _legalize_max_pool2d,
-        }
-    )
+def nan_propagating_legalizations() -> dict:
+    """``LegalizeOps`` entries for ReLU and clip with their constants first and for max
+    pooling with the NaN-keeping reduction (see the module)."""
+    return {
+        "relax.nn.relu": _legalize_relu,
+        "relax.clip": _legalize_clip,
+        "relax.nn.max_pool2d": _legalize_max_pool2d,
+    }
 
 
 def _legalize_relu(bb, call):
