@@ -92,8 +92,7 @@ class PythonFactory(_Strict):
         """Import and call the factory; every failure is a :class:`FactoryError` naming it."""
         module_name, _, attr = self.python.partition(":")
         try:
-            with _on_sys_path(base):
-                factory = importlib.import_module(module_name)
+            factory = _import_next_to(base, module_name)
         except Exception as exc:  # noqa: BLE001 - an import can raise anything
             raise FactoryError(f"cannot import {module_name!r}: {first_line(exc)}") from exc
         for part in attr.split("."):
@@ -361,6 +360,21 @@ def _build_passes(raw: Any, problems: list[RecipeProblem]) -> list[Pass]:
 
 def _problem(loc: tuple, message: str) -> RecipeProblem:
     return RecipeProblem(format_path(loc), message)
+
+
+def _import_next_to(base: Path, module_name: str):
+    """Import ``module_name`` with ``base`` first on the path. A module of the same name that
+    an earlier recipe (or the caller) imported from elsewhere is not reused: the recipe's own
+    file wins, so two recipes' ``factories.py`` never get mixed up in one process."""
+    top = module_name.partition(".")[0]
+    local = [base / f"{top}.py", base / top / "__init__.py"]
+    cached = getattr(sys.modules.get(top), "__file__", None)
+    if cached and any(f.is_file() for f in local):
+        if not any(f.is_file() and f.resolve() == Path(cached).resolve() for f in local):
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+    with _on_sys_path(base):
+        return importlib.import_module(module_name)
 
 
 @contextlib.contextmanager

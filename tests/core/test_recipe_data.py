@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from graphopt.errors import RecipeError
 from graphopt.recipe import load_recipe, parse_recipe
@@ -71,3 +72,23 @@ def test_a_data_source_must_be_a_factory_reference():
             "model: {torchvision: resnet18}\ninputs: [{shape: [1, 3, 8, 8]}]\n"
             "data: {calibration: {python: not-a-reference}}\n"
         )
+
+
+def test_a_recipe_uses_its_own_factories_not_a_same_named_module_imported_before(tmp_path):
+    for name, width in [("first", 4), ("second", 6)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "factories.py").write_text(
+            f"from torch import nn\n\ndef model():\n    return nn.Linear(3, {width}).eval()\n"
+        )
+        (folder / "recipe.yaml").write_text(
+            'model: {python: "factories:model"}\ninputs: [{shape: [1, 3]}]\npasses: []\n'
+        )
+    widths = []
+    try:
+        for name in ["first", "second"]:
+            recipe, base = load_recipe(tmp_path / name / "recipe.yaml")
+            widths.append(run_recipe(recipe, base).model(torch.zeros(1, 3)).shape[-1])
+    finally:
+        sys.modules.pop("factories", None)
+    assert widths == [4, 6]
