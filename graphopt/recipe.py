@@ -367,12 +367,11 @@ def _import_next_to(base: Path, module_name: str):
     an earlier recipe (or the caller) imported from elsewhere is not reused: the recipe's own
     file wins, so two recipes' ``factories.py`` never get mixed up in one process."""
     top = module_name.partition(".")[0]
-    local = [base / f"{top}.py", base / top / "__init__.py"]
+    local = [f for f in (base / f"{top}.py", base / top / "__init__.py") if f.is_file()]
     cached = getattr(sys.modules.get(top), "__file__", None)
-    if cached and any(f.is_file() for f in local):
-        if not any(f.is_file() and f.resolve() == Path(cached).resolve() for f in local):
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
+    if cached and local and all(f.resolve() != Path(cached).resolve() for f in local):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
     with _on_sys_path(base):
         return importlib.import_module(module_name)
 
