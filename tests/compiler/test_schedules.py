@@ -248,7 +248,7 @@ def test_pools_equal_pytorch(kind, channels, size):
     close_to_pytorch(nn.Sequential(nn.Conv2d(3, channels, 1), pool), (1, 3, size, size))
 
 
-def test_a_transformer_layer_equals_pytorch_and_unschedulable_kernels_keep_tvms_default():
+def test_a_transformer_layer_equals_pytorch_and_its_softmax_and_norms_run_row_schedules():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(
         32, 4, 64, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
@@ -257,9 +257,28 @@ def test_a_transformer_layer_equals_pytorch_and_unschedulable_kernels_keep_tvms_
     found = kernels(lowered(layer.eval(), torch.randn(1, 9, 32)))
     matmuls = [f for name, f in found.items() if "matmul" in name]
     assert matmuls and all(SCHEDULE_ATTR in (f.attrs or {}) for f in matmuls)
-    # softmax and layer norm (several reductions in one kernel) are declined, not mis-scheduled
-    declined = [name for name, f in found.items() if SCHEDULE_ATTR not in (f.attrs or {})]
-    assert any("softmax" in name or "layer_norm" in name for name in declined)
+    # softmax and layer norm (several reductions in one kernel): one parallel loop over rows
+    rows = [f for name, f in found.items() if "softmax" in name or "layer_norm" in name]
+    assert len(rows) == 2  # the attention's softmax; both layer norms call one kernel
+    assert all(str(f.attrs[SCHEDULE_ATTR]) == "RowReductionRule" for f in rows)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 37), min_size=2, max_size=4),
+    axis=st.integers(-4, 3),
+    norm=st.booleans(),
+)
+def test_row_reductions_equal_pytorch_on_any_shape_and_axis(shape, axis, norm):
+    axis %= len(shape)
+    if norm:  # LayerNorm over the trailing axes from ``axis`` on
+        model = nn.LayerNorm(shape[axis:])
+        with torch.no_grad():
+            model.weight.normal_()
+            model.bias.normal_()
+    else:
+        model = nn.Softmax(dim=axis)
+    close_to_pytorch(model, tuple(shape))
 
 
 def test_a_convolution_without_padding_reads_its_input_without_copying_it_first():

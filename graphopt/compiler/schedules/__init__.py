@@ -44,9 +44,11 @@ def vector_lanes_for(target: str | dict = "llvm") -> int:
 
 def _rules(variant: int = 0):
     """The rules, in the order they are tried (only reduction kernels have variants)."""
-    from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule
+    from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule, RowReductionRule
 
-    return (ReductionRule(variant), InjectiveRule()) if variant == 0 else (ReductionRule(variant),)
+    if variant:
+        return (ReductionRule(variant),)
+    return ReductionRule(), RowReductionRule(), InjectiveRule()
 
 
 def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: int = 0):

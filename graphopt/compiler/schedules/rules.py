@@ -317,6 +317,23 @@ def _vectorize_tile(sch, loops, width: int) -> None:
 _MIN_PARALLEL = 16  # outer iterations that keep the threads busy
 
 
+class RowReductionRule(ScheduleRule):
+    """Reductions along rows with injective steps between them (softmax: max → exp → sum →
+    divide; LayerNorm: mean and variance → normalise) → one parallel loop over the rows, each
+    step vectorised inside it. TVM's ``dlight.cpu.Reduction`` rule does the scheduling; a
+    kernel with one reduction and no such steps is :class:`ReductionRule`'s."""
+
+    def apply(self, func, target, tunable):
+        from tvm.s_tir.dlight.cpu import Reduction
+
+        if target.kind.name != "llvm" or not isinstance(func, tirx.PrimFunc):
+            return None
+        try:
+            return Reduction().apply(func, target, tunable)
+        except _DECLINED:
+            return None
+
+
 class InjectiveRule(_CPURule):
     """Only spatial blocks: inline what can be, vectorise and parallelise what remains."""
 
