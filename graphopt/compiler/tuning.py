@@ -3,7 +3,7 @@
 ``Tuning`` is the user's config. :func:`tune_and_apply` extracts the model's tuning tasks, skips
 those the cache already has records for, tunes the rest in a private work directory (starting
 from the cache's records of similar workloads, :mod:`.transfer`, and graphopt's default
-schedules, :mod:`._baseline`), merges the new records into the cache under a file lock, and
+schedules, :mod:`.default_records`), merges the new records into the cache under a file lock, and
 applies the best known schedule of every task.
 Two processes tuning into one cache never write it at the same time; a task both tuned simply
 gets two records and the faster wins.
@@ -25,14 +25,14 @@ from typing import Annotated, Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from graphopt.compiler._baseline import (
+from graphopt.compiler._intrinsics import cpu_intrinsics_only
+from graphopt.compiler.cache_repair import repair_database
+from graphopt.compiler.default_records import (
     applied_records,
     baseline_records,
     measure,
     recheck_winners,
 )
-from graphopt.compiler._intrinsics import cpu_intrinsics_only
-from graphopt.compiler.cache_repair import repair_database
 from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import ResolvedTarget
 from graphopt.compiler.threads import threads_for_children

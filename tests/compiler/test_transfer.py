@@ -129,7 +129,7 @@ def test_a_default_measured_slow_once_is_measured_again_beside_the_record_that_b
     real time, so the truly faster schedule decides."""
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler._baseline import TAG, _variants, recheck_winners
+    from graphopt.compiler.default_records import TAG, _variants, recheck_winners
     from graphopt.compiler.tuning import _builder, _local
 
     task, target = _conv_task(16, 32)

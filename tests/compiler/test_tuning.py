@@ -67,7 +67,7 @@ def test_second_compile_reuses_the_cache(tmp_path):
 
 
 def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
-    from graphopt.compiler._baseline import TAG
+    from graphopt.compiler.default_records import TAG
 
     torch.manual_seed(0)
     model, x = (
@@ -267,7 +267,7 @@ def _record(ms_mean: float, variant: int | None):
     """A stand-in tuning record: its run times and (for a default) the variant annotation."""
     from types import SimpleNamespace as NS
 
-    from graphopt.compiler._baseline import TAG
+    from graphopt.compiler.default_records import TAG
 
     kind = NS(name="Annotate" if variant is not None else "Split")
     insts = [NS(kind=kind, attrs=[TAG], inputs=[None, variant])]
@@ -279,7 +279,7 @@ def _record(ms_mean: float, variant: int | None):
     [(0.98, "default"), (0.96, "default"), (0.94, "best"), (0.61, "best")],
 )
 def test_the_default_tile_wins_ties_within_the_noise_margin(best_ms, expected):
-    from graphopt.compiler._baseline import prefer_default
+    from graphopt.compiler.default_records import prefer_default
 
     best, other, default = _record(best_ms, 2), _record(0.99, None), _record(1.0, 0)
     top = [best, other, default]  # fastest first, as the cache returns them
