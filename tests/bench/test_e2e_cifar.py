@@ -22,6 +22,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.slow  # ~2 min on 2 cores (compress, recover, compile, time): run by `make bench`
 def test_the_end_to_end_benchmark_runs_in_miniature(tmp_path):
     pytest.importorskip("torch_pruning", reason="Torch-Pruning is the side-by-side baseline")
     from bench import e2e_cifar

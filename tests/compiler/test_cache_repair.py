@@ -17,6 +17,7 @@ def _database(tmp_path):
     return directory
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_a_torn_record_line_is_dropped_and_the_cache_still_applies(tmp_path):
     model, x = mlp(), torch.randn(1, 16)
     tuning = Tuning(cache_dir=tmp_path, **FEW)

@@ -42,6 +42,7 @@ def test_every_kernel_is_timed_and_the_conv_does_its_flops():
     assert "| kernel | calls |" in report.table()
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_kernels_with_a_cache_record_run_their_tuned_schedule(tmp_path):
     model, x = conv_relu()
     tuning = Tuning(cache_dir=tmp_path, per_task=2, per_iter=2, progress=False, default_variants=1)

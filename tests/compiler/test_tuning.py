@@ -66,6 +66,7 @@ def test_second_compile_reuses_the_cache(tmp_path):
     assert third.tasks_from_cache >= 1 and third.tasks_tuned == third.tasks - third.tasks_from_cache
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
     from graphopt.compiler.default_records import TAG
 
@@ -92,6 +93,7 @@ def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
     )
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_a_pruned_sibling_starts_from_the_records_of_the_original(tmp_path):
     """The cache knows a 16→32 convolution; a compile of its 16→24 sibling replays that record
     refitted, measures it, stores it (marked) and still computes the sibling's numbers."""
@@ -122,6 +124,7 @@ def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
     assert summary.tuning.trials == 0 and summary.tuning.tasks_applied == 0
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_records_of_an_older_records_version_are_neither_applied_nor_deleted(tmp_path, monkeypatch):
     from graphopt.compiler import tuning as tuning_module
 
@@ -135,6 +138,7 @@ def test_records_of_an_older_records_version_are_neither_applied_nor_deleted(tmp
     assert (Path(old.cache_dir) / "database_tuning_record.json").stat().st_size > 0
 
 
+@pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_two_processes_tuning_into_one_cache_do_not_corrupt_it(tmp_path):
     script = textwrap.dedent("""
         import sys, torch, graphopt
