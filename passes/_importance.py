@@ -19,7 +19,8 @@ from torch import fx
 from graphopt.channels.graph import ChannelGroup, Dim
 from graphopt.passes._calibration import split_batch
 
-Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
+Importance = Literal["l1", "l2", "bn_scale", "taylor", "output_error", "random"]
+DATA_AWARE = ("taylor", "output_error")  # criteria that need calibration data
 _NORM_TYPES = ("BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm")
 
 

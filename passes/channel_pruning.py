@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -17,6 +18,8 @@ from graphopt.channels.rules import meta_items
 from graphopt.channels.surgery import prune
 from graphopt.errors import CaptureError, ConfigError, PassError
 from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
+from graphopt.passes import _sensitivity as sensitivity
+from graphopt.passes._calibration import first_inputs
 from graphopt.passes._channel_budget import (
     GroupPlan,
     MacModel,
@@ -25,7 +28,13 @@ from graphopt.passes._channel_budget import (
     select_global,
     select_uniform,
 )
-from graphopt.passes._importance import Importance, channel_importance, taylor_gradients
+from graphopt.passes._importance import (
+    DATA_AWARE,
+    Importance,
+    channel_importance,
+    taylor_gradients,
+)
+from graphopt.passes._output_error import output_error_order
 from graphopt.report import Decline
 from graphopt.selectors import selects
 
@@ -58,8 +67,11 @@ class ChannelPruning(Pass):
         default=None, description="Fraction of prunable channels to remove (instead of ratio)."
     )
     importance: Importance = Field(default="l1", description="Channel importance criterion.")
-    scope: Literal["global", "uniform"] = Field(
-        default="global", description="Rank channels across groups, or the same fraction each."
+    scope: Literal["global", "uniform", "sensitivity"] = Field(
+        default="global",
+        description="How much each group loses: by ranking channels across groups, the same "
+        "fraction each, or by each group's measured loss on calibration data (least total loss "
+        "for the target).",
     )
     round_to: int = Field(default=1, ge=1, description="Kept channels are a multiple of this.")
     min_channels: int = Field(default=1, ge=1, description="Fewest channels a group keeps.")
@@ -68,7 +80,10 @@ class ChannelPruning(Pass):
     )
     overrides: tuple[GroupOverride, ...] = Field(default=(), description="Per-module caps.")
     calibration_batches: int = Field(
-        default=8, ge=1, description="Batches of calibration data used by taylor importance."
+        default=8,
+        ge=1,
+        description="Batches of calibration data used by taylor and output_error importance and "
+        "by the sensitivity scope.",
     )
     iterations: int = Field(
         default=1, ge=1, le=100, description="Prune in this many rounds, re-scoring each time."
@@ -83,7 +98,8 @@ class ChannelPruning(Pass):
         return self
 
     def data_needs(self) -> frozenset[str]:
-        return frozenset({CALIBRATION}) if self.importance == "taylor" else frozenset()
+        data_aware = self.importance in DATA_AWARE or self.scope == "sensitivity"
+        return frozenset({CALIBRATION}) if data_aware else frozenset()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if self.iterations == 1:
@@ -114,12 +130,13 @@ class ChannelPruning(Pass):
     def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         groups = find_groups(build_channel_graph(gm))
         plans, declined = self._plans(gm, groups)
-        scores, notes = self._scores(gm, [p.group for p in plans], ctx)
+        scores, notes = self._scores(gm, plans, ctx)
         for plan in plans:
             plan.importance = scores[plan.group.index]
         before = model_stats(gm)
+        curves = self._sensitivity(gm, plans, ctx)
         for _ in range(MAX_REPAIRS):
-            selection, reached = self._select(gm, plans, groups)
+            selection, reached = self._select(gm, plans, groups, curves)
             removed = _removed_elements(plans, selection)
             pruned, broken = _try_prune(gm, removed, ctx)
             if broken is None:
@@ -192,20 +209,42 @@ class ChannelPruning(Pass):
                 ratio = min(ratio, override.max_channel_ratio)
         return min(int(ratio * channels), channels - self.min_channels)
 
-    def _scores(self, gm, groups, ctx: PassContext):
-        gradients, notes = None, []
+    def _scores(self, gm, plans: list[GroupPlan], ctx: PassContext):
+        groups, gradients, notes = [p.group for p in plans], None, []
         if self.importance == "taylor":
-            if ctx.calibration_data is None:
-                raise ConfigError(
-                    "importance 'taylor' needs calibration_data (optimize(..., calibration_data=...))"
-                )
-            gradients, loss = taylor_gradients(gm, ctx.calibration_data, self.calibration_batches)
+            batches = self._calibration(ctx, "importance 'taylor'")
+            gradients, loss = taylor_gradients(gm, batches, self.calibration_batches)
             notes.append(f"taylor importance from {loss}")
-        scores, more = channel_importance(gm, groups, self.importance, ctx.seed, gradients)
+        kind = "l1" if self.importance == "output_error" else self.importance
+        scores, more = channel_importance(gm, groups, kind, ctx.seed, gradients)
+        if self.importance == "output_error":
+            batches = first_inputs(
+                self._calibration(ctx, "importance 'output_error'"), self.calibration_batches
+            )
+            limits = {p.group.index: p.max_remove for p in plans}
+            ordered, fallbacks = output_error_order(gm, groups, batches, limits)
+            scores.update(ordered)
+            more += fallbacks
         return scores, notes + more
 
-    def _select(self, gm, plans, groups):
+    def _calibration(self, ctx: PassContext, what: str):
+        if ctx.calibration_data is None:
+            raise ConfigError(
+                f"{what} needs calibration_data (optimize(..., calibration_data=...))"
+            )
+        return ctx.calibration_data
+
+    def _sensitivity(self, gm, plans: list[GroupPlan], ctx: PassContext):
+        if self.scope != "sensitivity":
+            return None
+        data = self._calibration(ctx, "scope 'sensitivity'")
+        batches = list(itertools.islice(data, self.calibration_batches))
+        return sensitivity.measure(gm, plans, batches)
+
+    def _select(self, gm, plans, groups, curves=None):
         """Channels to remove per group, and whether the target was reached."""
+        if curves is not None:
+            return self._select_by_sensitivity(gm, plans, groups, curves)
         if self.channel_ratio is not None:
             if self.scope == "uniform":
                 return select_uniform(plans, self.channel_ratio), True
@@ -220,6 +259,18 @@ class ChannelPruning(Pass):
             return search(lambda f: select_uniform(plans, f), 0.0, 1.0, cost, target)
         return select_global(plans, cost, target)
 
+    def _select_by_sensitivity(self, gm, plans, groups, curves):
+        live = [p for p in plans if p.group.index in curves]
+        curves = {p.group.index: curves[p.group.index] for p in live}
+        if self.channel_ratio is not None:
+            total = sum(p.group.num_channels for p in live)
+            kept = lambda sel: total - sum(len(c) for c in sel.values())  # noqa: E731
+            return sensitivity.allocate(live, curves, kept, (1 - self.channel_ratio) * total)
+        sizes = {d: len(g.labels[d]) for g in groups for d in g.dims}
+        model = MacModel(gm, sizes)
+        cost = lambda sel: model.macs(removed_counts(live, sel))  # noqa: E731
+        return sensitivity.allocate(live, curves, cost, (1 - self.ratio) * model.total)
+
     def _summary(self, before, after, plans, selection, reached, frozen: int) -> list[str]:
         achieved = 1 - after.macs / before.macs if before.macs else 0.0
         removed_groups = sum(1 for c in selection.values() if len(c))
@@ -227,6 +278,14 @@ class ChannelPruning(Pass):
             f"{removed_groups} of {len(plans)} prunable groups thinned; "
             f"MACs −{achieved:.1%}, params −{1 - after.params / before.params:.1%}"
         ]
+        thinned = [
+            f"{_names(p.group)} {p.group.num_channels - len(selection[p.group.index])}"
+            f"/{p.group.num_channels}"
+            for p in plans
+            if len(selection.get(p.group.index, ()))
+        ]
+        if thinned:
+            notes.append("channels kept per thinned group: " + "; ".join(thinned))
         if self.ratio is not None:
             notes.insert(0, f"requested MACs −{self.ratio:.1%}, achieved −{achieved:.1%}")
             if frozen and reached:
