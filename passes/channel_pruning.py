@@ -102,9 +102,10 @@ class ChannelPruning(Pass):
         return frozenset({CALIBRATION}) if data_aware else frozenset()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        if self.iterations == 1:
-            return self._once(gm, ctx)
-        return self._iterate(gm, ctx)
+        result = self._once(gm, ctx) if self.iterations == 1 else self._iterate(gm, ctx)
+        if self.importance == "taylor" and self.iterations == 1:
+            result.report.notes.append(TAYLOR_ONE_SHOT)
+        return result
 
     def _iterate(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Prune in rounds (MACs falling linearly to the target), re-scoring each time on the
@@ -302,6 +303,11 @@ class ChannelPruning(Pass):
 
 
 MAX_REPAIRS = 20
+TAYLOR_ONE_SHOT = (
+    "one-shot taylor: at a trained model's minimum the gradient is mostly noise, so its scores "
+    "rank channels little better than random at large ratios (CIFAR ResNet-56, 2×: 18 % against "
+    "54 % with l1); re-score in rounds (iterations: 8) or use l1 / output_error"
+)
 
 
 def _removed_elements(plans: list[GroupPlan], selection: dict[int, np.ndarray]):
