@@ -126,6 +126,26 @@ def test_the_pass_prunes_random_graphs(kinds, seed, ratio, scope):
     assert result.report.after.params <= result.report.before.params
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    kinds=st.lists(BLOCKS, min_size=1, max_size=5),
+    seed=st.integers(0, 10_000),
+    ratio=st.floats(0.05, 0.8),
+    mode=st.sampled_from(
+        [("output_error", "global"), ("output_error", "uniform"), ("l1", "sensitivity")]
+    ),
+)
+def test_data_aware_pruning_prunes_random_graphs(kinds, seed, ratio, mode):
+    torch.manual_seed(seed)
+    model = RandomNet(kinds).eval()
+    importance, scope = mode
+    pruning = ChannelPruning(channel_ratio=ratio, scope=scope, importance=importance)
+    batches = [(torch.randn(4, *X.shape[1:]),) for _ in range(2)]
+    result = graphopt.optimize(model, X, [pruning], calibration_data=batches, seed=seed)
+    assert result.model(X).shape == (2, 3)
+    assert result.report.after.params <= result.report.before.params
+
+
 @settings(max_examples=20, deadline=None)
 @given(kinds=st.lists(BLOCKS, min_size=1, max_size=6), seed=st.integers(0, 10_000))
 def test_pruning_nothing_is_exact(kinds, seed):
