@@ -21,6 +21,11 @@ from graphopt.passes._calibration import split_batch
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "output_error", "random"]
 DATA_AWARE = ("taylor", "output_error")  # criteria that need calibration data
+TAYLOR_ONE_SHOT = (
+    "one-shot taylor: at a trained model's minimum the gradient is mostly noise, so its scores "
+    "rank channels little better than random at large ratios (CIFAR ResNet-56, 2×: 18 % against "
+    "54 % with l1); re-score in rounds (iterations: 8) or use l1 / output_error"
+)
 _NORM_TYPES = ("BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm")
 
 

@@ -30,11 +30,12 @@ from graphopt.passes._channel_budget import (
 )
 from graphopt.passes._importance import (
     DATA_AWARE,
+    TAYLOR_ONE_SHOT,
     Importance,
     channel_importance,
     taylor_gradients,
 )
-from graphopt.passes._output_error import output_error_order
+from graphopt.passes._output_error import in_order_of, output_error_order
 from graphopt.report import Decline
 from graphopt.selectors import selects
 
@@ -224,7 +225,8 @@ class ChannelPruning(Pass):
             )
             limits = {p.group.index: p.max_remove for p in plans}
             ordered, fallbacks = output_error_order(gm, groups, batches, limits)
-            scores.update(ordered)
+            for index, order in ordered.items():
+                scores[index] = in_order_of(order, scores[index])
             more += fallbacks
         return scores, notes + more
 
@@ -303,11 +305,6 @@ class ChannelPruning(Pass):
 
 
 MAX_REPAIRS = 20
-TAYLOR_ONE_SHOT = (
-    "one-shot taylor: at a trained model's minimum the gradient is mostly noise, so its scores "
-    "rank channels little better than random at large ratios (CIFAR ResNet-56, 2×: 18 % against "
-    "54 % with l1); re-score in rounds (iterations: 8) or use l1 / output_error"
-)
 
 
 def _removed_elements(plans: list[GroupPlan], selection: dict[int, np.ndarray]):
