@@ -63,7 +63,9 @@ def output_error_order(
     for group in groups:
         dims = {m: d for m, d in wanted[group.index].items() if m in covariances}
         if not dims:
-            notes.append(f"group {group.index}: no Conv2d/Linear consumer to model, l1 used")
+            notes.append(
+                f"group {group.index}: no ungrouped Conv2d/Linear consumer of at most {MAX_COLUMNS} input columns to model, l1 used"
+            )
             continue
         consumers = [_consumer(gm, m, d, group, covariances[m]) for m, d in dims.items()]
         scores[group.index] = _greedy(consumers, group.num_channels, limit[group.index])
