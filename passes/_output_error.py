@@ -64,7 +64,8 @@ def output_error_order(
         dims = {m: d for m, d in wanted[group.index].items() if m in covariances}
         if not dims:
             notes.append(
-                f"group {group.index}: no ungrouped Conv2d/Linear consumer of at most {MAX_COLUMNS} input columns to model, l1 used"
+                f"group {group.index}: no ungrouped Conv2d/Linear consumer of at most "
+                f"{MAX_COLUMNS} input columns to model, l1 used"
             )
             continue
         consumers = [_consumer(gm, m, d, group, covariances[m]) for m, d in dims.items()]

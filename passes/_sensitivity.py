@@ -34,11 +34,15 @@ class Curve:
     losses: list[float]
 
 
-def measure(gm: fx.GraphModule, plans: list[GroupPlan], batches: list) -> dict[int, Curve]:
-    """The loss of ``gm`` with each group alone thinned to each fraction of ``FRACTIONS``."""
+def measure(
+    gm: fx.GraphModule, plans: list[GroupPlan], batches: list
+) -> tuple[dict[int, Curve], dict[int, str]]:
+    """The loss of ``gm`` with each group alone thinned to each fraction of ``FRACTIONS``, and
+    the groups whose thinned copy failed to run (with the error; their curve stops there)."""
+    labels = [split_batch(b)[1] for b in batches]
     reference = _outputs(gm, batches)
-    base = _loss(reference, reference, batches)
-    curves = {}
+    base = _loss(reference, reference, labels)
+    curves, broken = {}, {}
     for plan in plans:
         counts, losses = [0], [0.0]
         for fraction in FRACTIONS:
@@ -47,10 +51,15 @@ def measure(gm: fx.GraphModule, plans: list[GroupPlan], batches: list) -> dict[i
                 continue
             candidate = copy.deepcopy(gm)
             prune(candidate, {d: plan.group.removed_indices(d, chosen) for d in plan.group.dims})
+            try:
+                outputs = _outputs(candidate, batches)
+            except RuntimeError as exc:
+                broken[plan.group.index] = str(exc).splitlines()[0][:300]
+                break
             counts.append(len(chosen))
-            losses.append(_loss(_outputs(candidate, batches), reference, batches) - base)
+            losses.append(_loss(outputs, reference, labels) - base)
         curves[plan.group.index] = Curve(counts, losses)
-    return curves
+    return curves, broken
 
 
 def allocate(plans: list[GroupPlan], curves: dict[int, Curve], cost, target: float):
@@ -126,9 +135,8 @@ def _outputs(gm: fx.GraphModule, batches: list) -> list[torch.Tensor]:
         return [_first_tensor(gm(*split_batch(b)[0])) for b in batches]
 
 
-def _loss(outputs: list[torch.Tensor], reference: list[torch.Tensor], batches: list) -> float:
+def _loss(outputs: list[torch.Tensor], reference: list[torch.Tensor], labels: list) -> float:
     """Mean cross-entropy on the batches' labels, else relative squared error to reference."""
-    labels = [split_batch(b)[1] for b in batches]
     if all(isinstance(y, torch.Tensor) for y in labels) and outputs[0].dim() == 2:
         total = sum(
             F.cross_entropy(o, y, reduction="sum") for o, y in zip(outputs, labels, strict=True)

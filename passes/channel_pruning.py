@@ -136,7 +136,7 @@ class ChannelPruning(Pass):
         for plan in plans:
             plan.importance = scores[plan.group.index]
         before = model_stats(gm)
-        curves = self._sensitivity(gm, plans, ctx)
+        curves = self._sensitivity(gm, plans, declined, ctx)
         for _ in range(MAX_REPAIRS):
             selection, reached = self._select(gm, plans, groups, curves)
             removed = _removed_elements(plans, selection)
@@ -237,12 +237,19 @@ class ChannelPruning(Pass):
             )
         return ctx.calibration_data
 
-    def _sensitivity(self, gm, plans: list[GroupPlan], ctx: PassContext):
+    def _sensitivity(self, gm, plans: list[GroupPlan], declined: list[Decline], ctx):
+        """Per-group loss curves (scope sensitivity); a group whose thinned copy fails to run
+        keeps the removals measured before the failure, and the failure is a decline."""
         if self.scope != "sensitivity":
             return None
         data = self._calibration(ctx, "scope 'sensitivity'")
         batches = list(itertools.islice(data, self.calibration_batches))
-        return sensitivity.measure(gm, plans, batches)
+        curves, broken = sensitivity.measure(gm, plans, batches)
+        by_index = {p.group.index: p.group for p in plans}
+        for index, error in broken.items():
+            reason = f"thinning it further breaks the model: {error}"
+            declined.append(Decline(target=_names(by_index[index]), reason=reason))
+        return curves
 
     def _select(self, gm, plans, groups, curves=None):
         """Channels to remove per group, and whether the target was reached."""
