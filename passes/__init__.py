@@ -3,18 +3,18 @@
 They register through the ``graphopt.passes`` entry-point group, exactly like plugins.
 """
 
-from graphopt.passes.batch_norm_recalibration import BatchNormRecalibration
-from graphopt.passes.channel_pruning import ChannelPruning
-from graphopt.passes.depthwise_substitution import DepthwiseSubstitution
-from graphopt.passes.eliminate_dead_code import EliminateDeadCode
-from graphopt.passes.fold_batch_norm import FoldBatchNorm
-from graphopt.passes.knowledge_distillation import KnowledgeDistillation
-from graphopt.passes.layerwise_reconstruction import LayerwiseReconstruction
-from graphopt.passes.low_rank import LowRankFactorization
-from graphopt.passes.net2net_deepen import Net2NetDeepen
-from graphopt.passes.net2net_shrink import Net2NetShrink
-from graphopt.passes.net2net_widen import Net2NetWiden
-from graphopt.passes.remove_identity import RemoveIdentity
+from graphopt.passes.canonicalize.eliminate_dead_code import EliminateDeadCode
+from graphopt.passes.canonicalize.fold_batch_norm import FoldBatchNorm
+from graphopt.passes.canonicalize.remove_identity import RemoveIdentity
+from graphopt.passes.compress.channel_pruning.pruner import ChannelPruning
+from graphopt.passes.compress.depthwise_substitution import DepthwiseSubstitution
+from graphopt.passes.compress.low_rank import LowRankFactorization
+from graphopt.passes.compress.net2net_shrink import Net2NetShrink
+from graphopt.passes.grow.net2net_deepen import Net2NetDeepen
+from graphopt.passes.grow.net2net_widen import Net2NetWiden
+from graphopt.passes.recover.batch_norm_recalibration import BatchNormRecalibration
+from graphopt.passes.recover.knowledge_distillation import KnowledgeDistillation
+from graphopt.passes.recover.layerwise_reconstruction import LayerwiseReconstruction
 
 BUILTIN_PASSES = (
     BatchNormRecalibration,

@@ -1,7 +1,7 @@
 """The channel graph: nodes are tensor and parameter dims, edges say "index i here is j there".
 
 A *dim* is one axis of one value (a node's output, or one item of a tuple output) or of one
-parameter/buffer. Rules link dims with element maps; connected components of dims are the
+parameter/buffer. Op handlers (:mod:`graphopt.ops`) link dims with element maps; connected components of dims are the
 pruning *groups*. Inside a group, elements linked (transitively) to each other form one
 *channel*: removing that channel removes each of its elements from its dim, so every member
 stays consistent. A group is frozen when any member is frozen, with the reasons kept.
@@ -18,19 +18,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import fx
 
-
-@dataclass(frozen=True, order=True)
-class Dim:
-    """One axis of a node's value (``item`` set for tuple outputs) or of a parameter/buffer."""
-
-    kind: str  # "value" or "param"
-    owner: str  # node name, or the parameter's qualified name
-    axis: int
-    item: int | None = None
-
-    def __str__(self) -> str:
-        item = f"[{self.item}]" if self.item is not None else ""
-        return f"{self.owner}{item}.dim{self.axis}"
+from graphopt.ops.base import UNKNOWN, handler_for, tensor_inputs
+from graphopt.ops.context import CouplingContext
+from graphopt.ops.dims import Dim, meta_items
 
 
 @dataclass
@@ -156,10 +146,35 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def build_channel_graph(gm: fx.GraphModule) -> ChannelGraph:
-    """Ask each node's rule what it couples; nodes without a rule freeze what they touch."""
-    from graphopt.channels.rules import apply_rule
-
+    """Ask each node's op handler what it couples; ops without one freeze what they touch."""
     cg = ChannelGraph(gm)
     for node in gm.graph.nodes:
-        apply_rule(cg, node)
+        _couple(cg, node)
     return cg
+
+
+def _couple(cg: ChannelGraph, node: fx.Node) -> None:
+    ctx = CouplingContext(cg, node)
+    if node.op == "placeholder":
+        ctx.freeze_value(node, "model input")
+        return
+    if node.op == "output":
+        for source in tensor_inputs(node):
+            ctx.freeze_value(source, "model output")
+        return
+    if node.op == "get_attr" or not any(meta_items(n) for n in [node, *tensor_inputs(node)]):
+        return
+    handler = handler_for(cg.gm, node)
+    handler.couple(ctx, node)
+    if handler is not UNKNOWN:  # the unknown op froze everything already
+        _freeze_unexplained_outputs(ctx)
+
+
+def _freeze_unexplained_outputs(ctx: CouplingContext) -> None:
+    """An output axis no link explains has a size set by something other than a parameter
+    (e.g. the input's spatial size): removing indices from it could not be done by slicing."""
+    for item, m in meta_items(ctx.node):
+        for axis in range(len(m.shape)):
+            dim = ctx.out(axis, item)
+            if ctx.cg.graph.degree(dim) == 0:
+                ctx.freeze(dim, f"size of {dim} is not set by any parameter")

@@ -188,7 +188,7 @@ def test_untraceable_model_is_a_compile_error():
 
 
 def test_optimize_with_a_target_compiles_the_rewritten_graph():
-    from graphopt.passes.fold_batch_norm import FoldBatchNorm
+    from graphopt.passes.canonicalize.fold_batch_norm import FoldBatchNorm
 
     model = tiny_net()
     x = torch.randn(1, 3, 12, 12)

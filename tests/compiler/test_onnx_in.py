@@ -10,7 +10,7 @@ from torch import nn
 import graphopt
 from graphopt.errors import CaptureError
 from graphopt.frontend.onnx import check_against_onnxruntime
-from graphopt.passes.channel_pruning import ChannelPruning
+from graphopt.passes.compress.channel_pruning.pruner import ChannelPruning
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (dev extra) not installed")
 

@@ -15,7 +15,7 @@ from graphopt.errors import ConfigError, PassError, VerificationError
 from graphopt.pass_base import Pass, PassContext, PassResult
 from graphopt.pass_manager import PassManager
 from graphopt.passes import EliminateDeadCode, FoldBatchNorm, RemoveIdentity
-from graphopt.passes.fold_batch_norm import FoldNormIntoProducer
+from graphopt.passes.canonicalize.fold_batch_norm import FoldNormIntoProducer
 from tests.models import ConvBnRelu, ResidualBlock, randomize_batch_norm
 
 

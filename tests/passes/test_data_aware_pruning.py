@@ -17,7 +17,7 @@ from graphopt.channels import build_channel_graph, find_groups
 from graphopt.errors import ConfigError
 from graphopt.frontend.fx import capture
 from graphopt.passes import ChannelPruning, LayerwiseReconstruction
-from graphopt.passes._output_error import output_error_order
+from graphopt.passes.compress.channel_pruning.output_error import output_error_order
 
 N = 512
 

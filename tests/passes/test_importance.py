@@ -10,7 +10,7 @@ from torch import nn
 
 from graphopt.channels import build_channel_graph, find_groups
 from graphopt.frontend.fx import capture
-from graphopt.passes._importance import channel_importance, taylor_gradients
+from graphopt.passes.compress.channel_pruning.importance import channel_importance, taylor_gradients
 
 
 def model_and_group():

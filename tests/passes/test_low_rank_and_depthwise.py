@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import graphopt
+from graphopt.analysis.factorize import RankRule, vbmf_rank
 from graphopt.errors import ConfigError
 from graphopt.passes import DepthwiseSubstitution, LowRankFactorization
-from graphopt.passes._factorize import RankRule, vbmf_rank
 
 
 class Net(nn.Module):

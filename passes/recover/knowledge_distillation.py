@@ -14,9 +14,9 @@ from pydantic import Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import fx, nn
 
+from graphopt.analysis.calibration import split_batch
 from graphopt.errors import ConfigError
 from graphopt.pass_base import TRAINING, Pass, PassContext, PassResult
-from graphopt.passes._calibration import split_batch
 from graphopt.report import Decline
 
 Weight = Annotated[float, Field(ge=0, le=1000)]

@@ -9,11 +9,10 @@ import numpy as np
 from pydantic import Field
 from torch import fx, nn
 
-from graphopt.analysis.cost import node_macs
+from graphopt.analysis import factorize as fz
+from graphopt.analysis.cost import chain_macs, node_macs
 from graphopt.ir import replace_with_chain
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes import _factorize as fz
-from graphopt.passes.low_rank import chain_macs
 from graphopt.report import Decline
 
 

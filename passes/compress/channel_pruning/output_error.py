@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import fx, nn
 
+from graphopt.analysis.calibration import input_covariances
 from graphopt.channels.graph import ChannelGroup, Dim
-from graphopt.passes._calibration import input_covariances
 
 MAX_COLUMNS = 4096  # a consumer wider than this (im2col columns) is not modelled
 RIDGE = 1e-6  # dampening of C, relative to the mean of its diagonal

@@ -11,16 +11,16 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from torch import fx
 
+from graphopt.analysis.calibration import first_inputs, run_batches
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs, run_batches
-from graphopt.passes._net2net import (
+from graphopt.passes.grow.net2net import (
     UnitGroup,
     plan,
     relative_difference,
     try_resize,
     unit_groups,
 )
-from graphopt.passes._net2net_depth import shrink_depth
+from graphopt.passes.grow.net2net_depth import shrink_depth
 
 
 class Net2NetShrink(Pass):

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from graphopt.analysis.calibration import split_batch
 from graphopt.channels.surgery import prune
-from graphopt.passes._calibration import split_batch
-from graphopt.passes._channel_budget import GroupPlan
+from graphopt.passes.compress.channel_pruning.budget import GroupPlan
 
 FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import fx
 
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.passes._net2net import Plan, UnitGroup, plan, try_resize, unit_groups
+from graphopt.passes.grow.net2net import Plan, UnitGroup, plan, try_resize, unit_groups
 
 
 class Net2NetWiden(Pass):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -10,18 +9,17 @@ import numpy as np
 from pydantic import Field, model_validator
 from torch import fx, nn
 
-from graphopt.analysis.cost import model_stats, node_macs
-from graphopt.analysis.shapes import shape_of
-from graphopt.errors import ConfigError
-from graphopt.ir import replace_with_chain
-from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
-from graphopt.passes import _factorize as fz
-from graphopt.passes._calibration import (
+from graphopt.analysis import factorize as fz
+from graphopt.analysis.calibration import (
     first_inputs,
     input_covariances,
     layer_inputs,
     relative_output_error,
 )
+from graphopt.analysis.cost import chain_macs, model_stats, node_macs
+from graphopt.errors import ConfigError
+from graphopt.ir import replace_with_chain
+from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.report import Decline
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -242,25 +240,6 @@ def _conv(weight: np.ndarray, bias, like: nn.Conv2d, keep_geometry=False, axis=N
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach().clone())
     return layer
-
-
-def chain_macs(modules: list[nn.Module], node: fx.Node) -> int:
-    """MACs of layers applied in sequence to ``node``'s input (shapes recorded at capture)."""
-    shape = list(shape_of(node.args[0]))
-    total = 0
-    for m in modules:
-        if isinstance(m, nn.Linear):
-            shape[-1] = m.out_features
-            total += math.prod(shape[:-1]) * m.in_features * m.out_features
-            continue
-        for axis in (0, 1):
-            k, s, p, d = m.kernel_size[axis], m.stride[axis], m.padding[axis], m.dilation[axis]
-            shape[2 + axis] = (shape[2 + axis] + 2 * p - d * (k - 1) - 1) // s + 1
-        shape[1] = m.out_channels
-        total += (
-            math.prod(shape) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        )
-    return total
 
 
 def _rank(modules: list[nn.Module]) -> str:

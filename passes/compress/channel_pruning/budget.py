@@ -1,8 +1,8 @@
 """Which channels go: turn importance scores and a MAC (or channel) budget into removals.
 
-The MAC cost of a node is multilinear in its channel dims (output dims and contracted input
-dims), so the MACs left after removing channels are estimated exactly for conv, linear,
-matmul and norms as ``macs · Π keep_fraction(dim)``. ``global`` scope removes the least
+Each op handler gives a node's MACs as terms, each proportional to the sizes of some dims
+(:mod:`graphopt.ops`), so the MACs left after removing channels are exactly
+``Σ term · Π keep_fraction(dim)``. ``global`` scope removes the least
 important channels across all groups step by step until the estimate meets the target;
 ``uniform`` scope finds by bisection the common fraction that meets it. Groups at their limit
 drop out, which redistributes the budget to the others.
@@ -11,17 +11,13 @@ drop out, which redistributes the budget to the others.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from graphopt.analysis.cost import node_macs
-from graphopt.channels.graph import ChannelGroup, Dim
-from graphopt.channels.rules import meta_items
+from graphopt.channels.graph import ChannelGroup
+from graphopt.ops import Dim, handler_for, module_of
 
 
 @dataclass
@@ -72,17 +68,17 @@ class GroupPlan:
 
 
 class MacModel:
-    """MACs of the graph as a function of how many elements each dim loses."""
+    """MACs of the graph as a function of how many elements each dim loses: every op
+    handler's MAC term scaled by the kept fraction of each dim it is proportional to."""
 
     def __init__(self, gm: fx.GraphModule, sizes: dict[Dim, int]) -> None:
         self.terms: list[tuple[int, list[tuple[Dim, int]]]] = []
         self.total = 0
         for node in gm.graph.nodes:
-            macs = node_macs(gm, node)
-            if macs:
-                self.total += macs
-                factors = [(d, sizes[d]) for d in _mac_dims(gm, node) if d in sizes]
-                self.terms.append((macs, factors))
+            for macs, dims in handler_for(gm, node).mac_terms(node, module_of(gm, node)):
+                if macs:
+                    self.total += macs
+                    self.terms.append((macs, [(d, sizes[d]) for d in dims if d in sizes]))
 
     def macs(self, removed: dict[Dim, int]) -> float:
         total = 0.0
@@ -94,41 +90,6 @@ class MacModel:
                     scale *= 1 - r / size
             total += macs * scale
         return total
-
-
-def _mac_dims(gm: fx.GraphModule, node: fx.Node) -> list[Dim]:
-    """Dims whose sizes multiply into a node's MACs: its output dims and contracted dims."""
-    dims = [
-        Dim("value", node.name, a, item)
-        for item, m in meta_items(node)
-        for a in range(len(m.shape))
-    ]
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            dims.append(Dim("param", f"{node.target}.weight", 1))
-        elif isinstance(module, nn.MultiheadAttention):
-            dims.append(Dim("param", f"{node.target}.in_proj_weight", 1))
-    elif node.target is F.linear and isinstance(node.args[1], fx.Node):
-        dims.append(Dim("param", str(node.args[1].target), 1))
-    elif node.target in _CONTRACTING or (node.op == "call_method" and node.target in _CONTRACTING):
-        source = node.args[0]
-        if isinstance(source, fx.Node) and meta_items(source):
-            rank = len(meta_items(source)[0][1].shape)
-            dims.append(Dim("value", source.name, rank - 1))
-    return dims
-
-
-_CONTRACTING = {
-    torch.matmul,
-    torch.mm,
-    torch.bmm,
-    operator.matmul,
-    F.scaled_dot_product_attention,
-    "matmul",
-    "mm",
-    "bmm",
-}
 
 
 def removed_counts(plans: list[GroupPlan], selection: dict[int, np.ndarray]) -> dict[Dim, int]:

@@ -7,9 +7,9 @@ from typing import ClassVar
 from pydantic import Field
 from torch import fx, nn
 
+from graphopt.analysis.calibration import first_inputs, run_batches
 from graphopt.errors import ConfigError
 from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs, run_batches
 from graphopt.report import Decline
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -10,17 +10,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import fx
 
+from graphopt.analysis.calibration import first_inputs
 from graphopt.analysis.cost import model_stats
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.analysis.ties import tied_parameter_names
 from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
-from graphopt.channels.rules import meta_items
 from graphopt.channels.surgery import prune
 from graphopt.errors import CaptureError, ConfigError, PassError
+from graphopt.ops import meta_items
 from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
-from graphopt.passes import _sensitivity as sensitivity
-from graphopt.passes._calibration import first_inputs
-from graphopt.passes._channel_budget import (
+from graphopt.passes.compress.channel_pruning import sensitivity
+from graphopt.passes.compress.channel_pruning.budget import (
     GroupPlan,
     MacModel,
     removed_counts,
@@ -28,14 +28,14 @@ from graphopt.passes._channel_budget import (
     select_global,
     select_uniform,
 )
-from graphopt.passes._importance import (
+from graphopt.passes.compress.channel_pruning.importance import (
     DATA_AWARE,
     TAYLOR_ONE_SHOT,
     Importance,
     channel_importance,
     taylor_gradients,
 )
-from graphopt.passes._output_error import in_order_of, output_error_order
+from graphopt.passes.compress.channel_pruning.output_error import in_order_of, output_error_order
 from graphopt.report import Decline
 from graphopt.selectors import selects
 

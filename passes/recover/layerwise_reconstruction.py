@@ -9,9 +9,9 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
+from graphopt.analysis.calibration import first_inputs, patches, run_batches
 from graphopt.errors import ConfigError
 from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
-from graphopt.passes._calibration import first_inputs, patches, run_batches
 from graphopt.report import Decline
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from graphopt.analysis.calibration import split_batch
 from graphopt.channels.graph import ChannelGroup, Dim
-from graphopt.passes._calibration import split_batch
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "output_error", "random"]
 DATA_AWARE = ("taylor", "output_error")  # criteria that need calibration data

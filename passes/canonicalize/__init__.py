@@ -1,0 +1,1 @@
+"""Exact rewrites that leave the function unchanged: BatchNorm folding, dead code, identities."""

@@ -1,0 +1,2 @@
+"""Recovery after lossy passes: BatchNorm recalibration, layer-wise least-squares
+reconstruction, knowledge distillation."""
