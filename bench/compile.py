@@ -40,7 +40,7 @@ DISCARD = 5
 
 def build_model(name: str):
     if name == "resnet56":
-        from graphopt.zoo import cifar_resnet
+        from graphopt.testing.zoo import cifar_resnet
 
         weights = DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"
         return cifar_resnet(56, weights if weights.exists() else None), torch.randn(1, 3, 32, 32)
@@ -107,7 +107,7 @@ def artifact_dir(name: str, label: str) -> Path:
 def time_model(name: str, labels: list[str], rounds: int) -> dict:
     """Load the saved artifacts back and time them against eager and ONNX Runtime."""
     import graphopt
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.benchmark import time_interleaved
 
     model, x = build_model(name)
     # the weights the artifacts were compiled from (random for torchvision models)

@@ -101,7 +101,7 @@ class AugmentedBatches:
 
 
 def load_data(cfg: Config) -> dict:
-    from graphopt.data import batches, load_cifar10
+    from graphopt.testing.data import batches, load_cifar10
 
     x, y = load_cifar10(DATA / "cifar10" / "test_uint8.npz", limit=cfg.test_limit, seed=0)
     xt, yt = load_cifar10(DATA / "cifar10" / "train20k_uint8.npz")
@@ -199,7 +199,7 @@ def deployable(model: nn.Module, example) -> nn.Module:
 def recover(compressed, original, example, data, cfg: Config, clip=None) -> tuple[dict, float]:
     """The model after each recovery stage (each starts from the previous one), and the
     distillation's wall time."""
-    from graphopt.data import top1
+    from graphopt.testing.data import top1
     from graphopt.passes import BatchNormRecalibration, KnowledgeDistillation
 
     xv, yv = data["validation"]
@@ -234,7 +234,7 @@ def recover(compressed, original, example, data, cfg: Config, clip=None) -> tupl
 def accuracy_stage(cfg: Config) -> list[dict]:
     """Compress and recover every (method, ratio); rows are cached in the scratch directory."""
     from graphopt.analysis.cost import model_stats
-    from graphopt.data import top1
+    from graphopt.testing.data import top1
     from graphopt.frontend.fx import capture
 
     original, example = base_model()
@@ -274,7 +274,7 @@ def accuracy_stage(cfg: Config) -> list[dict]:
 
 
 def base_model():
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th").eval()
     return model, torch.zeros(1, 3, 32, 32)
@@ -330,7 +330,7 @@ def latency_stage(cfg: Config, rows: list[dict]) -> dict:
     import numpy as np
 
     import graphopt
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.benchmark import time_interleaved
 
     torch.set_num_threads(THREADS)
     original, example = base_model()

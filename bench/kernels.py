@@ -53,7 +53,7 @@ def direct_conv_flop(gm, x) -> float:
 def main() -> None:
     from bench.compile import tuning_cache
     from graphopt.compiler import Tuning
-    from graphopt.compiler.kernels import kernel_report, measure_gemm_peak
+    from graphopt.compiler.measure.kernels import kernel_report, measure_gemm_peak
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet56", "resnet18", "mobilenet_v2"])

@@ -55,8 +55,8 @@ def timing(repeats: int = 3) -> dict:
 
 
 def cifar(only_depthwise: bool = False) -> dict:
-    from graphopt.data import batches, load_cifar10, top1
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.data import batches, load_cifar10, top1
+    from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
     x, y = load_cifar10(DATA / "cifar10" / "test_uint8.npz")

@@ -173,9 +173,9 @@ STREAM = ["conv1", "layer*.conv2", "linear"]
 
 def cifar() -> dict:
     import graphopt
-    from graphopt.data import batches, load_cifar10, top1
+    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.passes import ChannelPruning
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.zoo import cifar_resnet
 
     weights = DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"
     model = cifar_resnet(56, weights)
@@ -219,7 +219,7 @@ def tp_cifar(base, criterion, inner_only, calibration, x, y) -> dict:
     import torch.nn.functional as F
     import torch_pruning as tp
 
-    from graphopt.data import top1
+    from graphopt.testing.data import top1
 
     model = copy.deepcopy(base)
     example = x[:1]
@@ -266,9 +266,9 @@ def tp_cifar(base, criterion, inner_only, calibration, x, y) -> dict:
 def cifar_iterative() -> list[dict]:
     """graphopt with re-scored rounds (iterations=8), block-inner channels."""
     import graphopt
-    from graphopt.data import batches, load_cifar10, top1
+    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.passes import ChannelPruning
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
     x, y = load_cifar10(DATA / "cifar10" / "test_uint8.npz")

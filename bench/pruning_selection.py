@@ -41,7 +41,7 @@ ROWS = [
 
 def run(importance: str, scope: str, iterations: int, model, data) -> dict:
     import graphopt
-    from graphopt.data import top1
+    from graphopt.testing.data import top1
     from graphopt.passes import BatchNormRecalibration, ChannelPruning, LayerwiseReconstruction
 
     x, y = data["test"]
@@ -76,8 +76,8 @@ def run(importance: str, scope: str, iterations: int, model, data) -> dict:
 
 
 def load():
-    from graphopt.data import batches, load_cifar10, top1
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.data import batches, load_cifar10, top1
+    from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th").eval()
     x, y = load_cifar10(DATA / "cifar10" / "test_uint8.npz")

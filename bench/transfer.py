@@ -78,7 +78,7 @@ def main() -> None:
     import graphopt
     from bench.compile import BURST, DISCARD, ort_session
     from graphopt.compiler import Tuning
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.benchmark import time_interleaved
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=2.0)

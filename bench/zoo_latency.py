@@ -69,7 +69,7 @@ def op_class(name: str) -> str:
 
 def build(name: str):
     if name == "cifar_resnet56":
-        from graphopt.zoo import cifar_resnet
+        from graphopt.testing.zoo import cifar_resnet
 
         weights = DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"
         model = cifar_resnet(56, weights if weights.exists() else None).eval()
@@ -93,8 +93,8 @@ def _minilm():
 
 def run_one(name: str, rounds: int, tuned_trials: int) -> dict:
     import graphopt
-    from graphopt.compiler.baseline import SETTLE_S, runner
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.baseline import SETTLE_S, runner
+    from graphopt.compiler.measure.benchmark import time_interleaved
     from graphopt.compiler.threads import default_threads
 
     threads = default_threads()
@@ -148,7 +148,7 @@ def _error(want, got) -> float:
 
 def _op_classes(model, inputs, artifact, threads: int) -> dict:
     """ms per op class: ONNX Runtime's node profile beside graphopt's kernel report."""
-    from graphopt.compiler.kernels import kernel_report
+    from graphopt.compiler.measure.kernels import kernel_report
 
     report = kernel_report(model, inputs, repeats=3)
     ours: dict[str, float] = {}

@@ -33,8 +33,7 @@ from graphopt.recipe import Recipe, load_recipe, parse_recipe
 from graphopt.registry import REGISTRY, register_pass
 from graphopt.report import Decline, ModelStats, OptimizeReport, PassReport
 from graphopt.rewrite import MatchResult, Rule, apply_rules
-
-__version__ = "0.1.0"
+from graphopt.version import __version__ as __version__
 
 __all__ = [
     "REGISTRY",

@@ -14,13 +14,13 @@ from torch import fx, nn
 from graphopt.analysis.cost import layer_changes, model_stats
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.compiler.artifact import Artifact
-from graphopt.compiler.baseline import Baseline, validate_baseline
 from graphopt.compiler.build import DEFAULT_TUNING
 from graphopt.compiler.build import compile as compile_model
+from graphopt.compiler.measure.baseline import Baseline, validate_baseline
 from graphopt.compiler.targets import resolve_target
-from graphopt.compiler.tuning import Tuning
+from graphopt.compiler.tune.tuning import Tuning
 from graphopt.errors import ConfigError
-from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
+from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture_with_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager, PassObserver, check_data
 from graphopt.report import OptimizeReport
@@ -78,8 +78,7 @@ def optimize(
     check_data(manager.passes, calibration_data, training_data)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
-    gm = _as_graph(model, inputs, leaf_modules, leaf_types)
-    reference = propagate_shapes(gm, inputs)
+    gm, reference = _as_graph(model, inputs, leaf_modules, leaf_types)
     before = model_stats(gm)
     ctx = PassContext(
         example_inputs=inputs,
@@ -89,7 +88,7 @@ def optimize(
         seed=seed,
         original=None
         if original is None
-        else _as_graph(original, inputs, leaf_modules, leaf_types),
+        else _as_graph(original, inputs, leaf_modules, leaf_types)[0],
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -110,9 +109,10 @@ def optimize(
     return OptimizeResult(model=result, report=report, artifact=artifact)
 
 
-def _as_graph(model, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
+def _as_graph(model, inputs, leaf_modules, leaf_types) -> tuple[fx.GraphModule, object]:
+    """The graph to rewrite and its outputs on ``inputs`` (from the run recording shapes)."""
     if isinstance(model, fx.GraphModule):
         gm = copy.deepcopy(model)
         gm.meta["capture_route"] = "graph"
-        return gm
-    return capture(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)
+        return gm, propagate_shapes(gm, inputs)
+    return capture_with_outputs(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)

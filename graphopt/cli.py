@@ -265,7 +265,7 @@ def bench(
     import torch
 
     from graphopt.compiler.artifact import load
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.benchmark import time_interleaved
 
     with _errors():
         compiled = load(artifact)
@@ -303,7 +303,7 @@ def _print_baseline(console, artifact) -> None:
 def _remeasured_baseline(compiled, inputs, rounds: int):
     """The manifest's baseline check next to the same check measured now (None when the
     artifact was compiled without a baseline)."""
-    from graphopt.compiler.baseline import measure
+    from graphopt.compiler.measure.baseline import measure
 
     stored = compiled.manifest.baseline
     if stored is None:

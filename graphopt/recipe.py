@@ -30,9 +30,9 @@ from pydantic import (
 )
 from torch import nn
 
-from graphopt.compiler.baseline import Baseline
+from graphopt.compiler.measure.baseline import Baseline
 from graphopt.compiler.targets import TargetSpec
-from graphopt.compiler.tuning import Tuning
+from graphopt.compiler.tune.tuning import Tuning
 from graphopt.errors import ConfigError, RecipeError, RecipeProblem, RegistryError, first_line
 from graphopt.pass_base import Pass
 from graphopt.recipe_text import (

@@ -17,6 +17,7 @@ class Decline(_ReportModel):
     target: str = Field(description="Module or node the rule declined.")
     reason: str = Field(description="Why the rewrite was not applied.")
     location: str | None = Field(default=None, description="Source line that created the node.")
+    rule: str | None = Field(default=None, description="The rule that declined, when a rule did.")
 
 
 class ModelStats(_ReportModel):

@@ -39,7 +39,11 @@ class MatchResult:
 
 
 class Rule(ABC, Generic[M]):
-    """One rewrite. The docstring's first line states the identity it applies."""
+    """One rewrite. The docstring's first line states the identity it applies.
+
+    ``match`` and ``rewrite`` are the rule; ``target`` and ``check`` have defaults: the module
+    (or node) the match is anchored at, and no condition beyond the pattern.
+    """
 
     description: ClassVar[str]
 
@@ -47,13 +51,21 @@ class Rule(ABC, Generic[M]):
     def match(self, node: fx.Node, gm: fx.GraphModule) -> M | None:
         """The pattern anchored at ``node``, or ``None`` when ``node`` is not this pattern."""
 
-    @abstractmethod
     def target(self, match: M) -> str:
-        """The qualified name of the module the rewrite changes (used for selection)."""
+        """The qualified name of the module the rewrite changes (used for selection): by
+        default the match's anchor node (the match itself, or its ``anchor`` attribute)."""
+        node = match if isinstance(match, fx.Node) else getattr(match, "anchor", None)
+        if not isinstance(node, fx.Node):
+            raise TypeError(
+                f"{type(self).__name__}: a match of type {type(match).__name__} has no anchor "
+                "node; define target()"
+            )
+        return anchor_name(node)
 
-    @abstractmethod
     def check(self, match: M, gm: fx.GraphModule) -> MatchResult:
-        """Whether the rewrite is valid here; a failure carries the reason."""
+        """Whether the rewrite is valid here; a failure carries the reason (default: valid
+        wherever the pattern matches)."""
+        return MatchResult.ok()
 
     @abstractmethod
     def rewrite(self, match: M, gm: fx.GraphModule) -> list[str]:
@@ -93,12 +105,22 @@ def apply_rules(gm: fx.GraphModule, rules: tuple[Rule, ...], selected) -> RuleOu
                 outcome.touched += rule.rewrite(match, gm)
                 break
             outcome.declined.append(
-                Decline(target=name, reason=verdict.reason or "", location=source_location(node))
+                Decline(
+                    target=name,
+                    reason=verdict.reason or "",
+                    location=source_location(node),
+                    rule=type(rule).__name__,
+                )
             )
     if outcome.modified:
         gm.graph.lint()
         gm.recompile()
     return outcome
+
+
+def anchor_name(node: fx.Node) -> str:
+    """How selection names a node: its module's qualified name, else the node's name."""
+    return str(node.target) if node.op == "call_module" else node.name
 
 
 def _module_or_none(gm: fx.GraphModule, name: str) -> nn.Module | None:

@@ -111,7 +111,7 @@ def _latency(result: OptimizeResult, recipe: Recipe) -> dict[str, float] | None:
         return None
     import torch
 
-    from graphopt.compiler.benchmark import time_interleaved
+    from graphopt.compiler.measure.benchmark import time_interleaved
 
     inputs = recipe.example_inputs()
     arrays = [x.numpy() for x in inputs]

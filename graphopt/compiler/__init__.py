@@ -1,12 +1,12 @@
 """The compiler half of graphopt: TVM builds, tuning with a shared cache, artifacts."""
 
 from graphopt.compiler.artifact import Artifact, load
-from graphopt.compiler.baseline import BaselineCheck, SlowerThanBaselineWarning
 from graphopt.compiler.build import compile
 from graphopt.compiler.manifest import Manifest
-from graphopt.compiler.schedules import vector_lanes_for
+from graphopt.compiler.measure.baseline import BaselineCheck, SlowerThanBaselineWarning
 from graphopt.compiler.targets import TARGET_NAMES, resolve_target
-from graphopt.compiler.tuning import RPC, Tuning, TuningSummary
+from graphopt.compiler.tir.schedules import vector_lanes_for
+from graphopt.compiler.tune.tuning import RPC, Tuning, TuningSummary
 
 __all__ = [
     "RPC",

@@ -17,12 +17,7 @@ import torch
 from torch import nn
 
 from graphopt.compiler.artifact import Artifact, staging_dir
-from graphopt.compiler.baseline import Baseline, check_baseline, validate_baseline
-from graphopt.compiler.fast_math import fast_math_legalizations
-from graphopt.compiler.fold import fold_batch_norm
 from graphopt.compiler.index_bounds import index_ranges
-from graphopt.compiler.layout import channels_last
-from graphopt.compiler.lowering import compile_module
 from graphopt.compiler.manifest import (
     LIBRARY,
     MANIFEST,
@@ -32,13 +27,19 @@ from graphopt.compiler.manifest import (
     Versions,
     file_entries,
 )
-from graphopt.compiler.nan_semantics import nan_propagating_legalizations
+from graphopt.compiler.measure.baseline import Baseline, check_baseline, validate_baseline
+from graphopt.compiler.relax.fast_math import fast_math_legalizations
+from graphopt.compiler.relax.fold import fold_batch_norm
+from graphopt.compiler.relax.layout import channels_last
+from graphopt.compiler.relax.nan_semantics import nan_propagating_legalizations
+from graphopt.compiler.relax.winograd import winograd_convolutions
 from graphopt.compiler.targets import ResolvedTarget, resolve_target
-from graphopt.compiler.tuning import Tuning, tune_and_apply
-from graphopt.compiler.winograd import winograd_convolutions
+from graphopt.compiler.tir.lowering import compile_module
+from graphopt.compiler.tune.tuning import Tuning, tune_and_apply
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
 from graphopt.report import OptimizeReport
+from graphopt.version import __version__
 
 DEFAULT_TUNING = Tuning()
 
@@ -58,19 +59,19 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     ``tuning=None`` compiles without tuning and without reading the tuning cache;
     ``Tuning(trials=0)`` tunes nothing new but applies what the cache already knows. On CPU
     targets every kernel without a tuned record runs graphopt's default schedule
-    (:mod:`graphopt.compiler.schedules`). ``winograd=False`` keeps every convolution direct
+    (:mod:`graphopt.compiler.tir.schedules`). ``winograd=False`` keeps every convolution direct
     (Winograd's float32 results differ from direct ones by about 1e-6 of the output's scale).
     ``baseline="onnxruntime"`` or ``"eager"`` times the artifact against that runtime on the
     example inputs, stores both figures in the manifest (``baseline``) and warns
-    (:class:`~graphopt.compiler.baseline.SlowerThanBaselineWarning`) when it is not faster.
+    (:class:`~graphopt.compiler.measure.baseline.SlowerThanBaselineWarning`) when it is not faster.
     """
     start = time.perf_counter()
     resolved = resolve_target(target)
     validate_baseline(baseline, resolved)
     inputs = as_input_tuple(example_inputs)
     module = copy.deepcopy(model).eval()
-    program = _export(module, inputs)
-    mod, summary = _lower(program, resolved, tuning, winograd=winograd)
+    program = export_program(module, inputs)
+    mod, summary = lower_program(program, resolved, tuning, winograd=winograd)
     staging = staging_dir()
     directory = Path(staging.name)
     _build(mod, resolved, directory / LIBRARY)
@@ -85,7 +86,7 @@ def compile(  # noqa: A001 - the public name users expect (graphopt.compile)
     return artifact
 
 
-def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+def export_program(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
     try:
         with torch.no_grad():
             return torch.export.export(module, inputs)
@@ -95,7 +96,7 @@ def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
         ) from exc
 
 
-def _lower(
+def lower_program(
     program,
     target: ResolvedTarget,
     tuning: Tuning | None,
@@ -104,8 +105,8 @@ def _lower(
 ):
     """Relax module with schedules applied: tuned (and cached) ones, else graphopt's defaults
     (``defaults=False``: TVM's, i.e. none on CPU). On CPU, convolutions run channels-last
-    (:mod:`graphopt.compiler.layout`), 3×3 ones as Winograd GEMMs where that is less work
-    (:mod:`graphopt.compiler.winograd`)."""
+    (:mod:`graphopt.compiler.relax.layout`), 3×3 ones as Winograd GEMMs where that is less work
+    (:mod:`graphopt.compiler.relax.winograd`)."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -145,7 +146,7 @@ def with_default_schedules(mod, target: ResolvedTarget):
     import tvm
     from tvm import relax
 
-    from graphopt.compiler.schedules import default_schedules
+    from graphopt.compiler.tir.schedules import default_schedules
 
     passes = [
         relax.transform.AttachAttrLayoutFreeBuffers(),
@@ -212,17 +213,13 @@ def _spec(name: str, x: torch.Tensor) -> TensorSpec:
 def _manifest(module, program, inputs, target, summary, report, notes, directory) -> Manifest:
     import tvm
 
-    import graphopt
-
     with torch.no_grad():
         out = module(*inputs)
     single = isinstance(out, torch.Tensor)
     leaves = [out] if single else list(torch.utils._pytree.tree_leaves(out))
     return Manifest(
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        versions=Versions(
-            graphopt=graphopt.__version__, tvm=tvm.__version__, torch=torch.__version__
-        ),
+        versions=Versions(graphopt=__version__, tvm=tvm.__version__, torch=torch.__version__),
         target=TargetInfo(
             name=target.name, spec=target.spec, device=target.device, arch=target.arch
         ),

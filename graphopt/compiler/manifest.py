@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphopt.compiler.baseline import BaselineCheck
-from graphopt.compiler.tuning import TuningSummary
+from graphopt.compiler.measure.baseline import BaselineCheck
+from graphopt.compiler.tune.tuning import TuningSummary
 from graphopt.report import OptimizeReport
 
 MANIFEST = "manifest.json"

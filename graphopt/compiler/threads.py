@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from graphopt.compiler.targets import physical_cores
 
 ENV = "TVM_NUM_THREADS"
-_user_choice = os.environ.get(ENV)  # the user's setting, read before graphopt sets its own
+USER_CHOICE = os.environ.get(ENV)  # the user's setting, read before graphopt sets its own
 
 # TVM fixes its pool's maximum from ENV when the pool is first created (the first parallel
 # kernel); later requests can only shrink it. Reserve every CPU now, size the pool on use.
@@ -32,7 +32,7 @@ os.environ.setdefault(ENV, str(os.cpu_count() or 1))
 
 def default_threads() -> int:
     """``TVM_NUM_THREADS`` as the user set it, else this host's physical cores."""
-    value = _user_choice or ""
+    value = USER_CHOICE or ""
     return int(value) if value.isdigit() and int(value) > 0 else physical_cores()
 
 

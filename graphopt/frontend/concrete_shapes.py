@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from graphopt.frontend.fx import LeafTracer
+from graphopt.frontend.tracer import LeafTracer
 
 
 class ShapedProxy(fx.Proxy):

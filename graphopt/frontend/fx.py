@@ -8,7 +8,6 @@ defined in ``torch.nn`` (Conv, Linear, norms, activations, attention), plus the 
 from __future__ import annotations
 
 import copy
-import fnmatch
 import inspect
 import linecache
 import types
@@ -20,27 +19,11 @@ from torch import fx, nn
 
 from graphopt.analysis.shapes import propagate_shapes
 from graphopt.errors import CaptureError, first_line
+from graphopt.frontend.tracer import LeafTracer
 
 ExampleInputs = torch.Tensor | Sequence[torch.Tensor]
 ROUTE_SYMBOLIC = "fx"
 ROUTE_CONCRETE = "fx with concrete shapes"
-
-
-class LeafTracer(fx.Tracer):
-    """An FX tracer that also keeps chosen user modules as leaves."""
-
-    def __init__(self, leaf_modules: Iterable[str] = (), leaf_types: Iterable[type] = ()):
-        super().__init__()
-        self.record_stack_traces = True
-        self._leaf_patterns = tuple(leaf_modules)
-        self._leaf_types = tuple(leaf_types)
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self._leaf_types and isinstance(m, self._leaf_types):
-            return True
-        if any(fnmatch.fnmatchcase(module_qualified_name, p) for p in self._leaf_patterns):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
 
 
 def as_input_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
@@ -64,6 +47,20 @@ def capture(
     is omitted). The model is deep-copied first, so the IR never shares parameters or
     submodules with the caller's model: rewriting the IR cannot change the model it came from.
     """
+    return capture_with_outputs(
+        model, example_inputs, leaf_modules=leaf_modules, leaf_types=leaf_types
+    )[0]
+
+
+def capture_with_outputs(
+    model: nn.Module | str | Path,
+    example_inputs: ExampleInputs | None = None,
+    *,
+    leaf_modules: Iterable[str] = (),
+    leaf_types: Iterable[type[nn.Module]] = (),
+) -> tuple[fx.GraphModule, object]:
+    """:func:`capture`, and the graph's outputs on the example inputs from the run that
+    recorded the shapes (so a caller that needs them does not run the graph again)."""
     if isinstance(model, str | Path):
         return _capture_onnx(Path(model), example_inputs, leaf_modules, leaf_types)
     if not isinstance(model, nn.Module):
@@ -80,8 +77,7 @@ def capture(
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
         _refuse_mutated_buffers(model, buffers)
-    propagate_shapes(gm, inputs)
-    return gm
+    return gm, propagate_shapes(gm, inputs)
 
 
 def _refuse_mutated_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
@@ -183,7 +179,7 @@ def _unfed_defaults(model: nn.Module, num_inputs: int) -> dict:
     }
 
 
-def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.GraphModule:
+def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types):
     from graphopt.frontend import onnx
 
     if path.suffix.lower() != ".onnx" or not path.is_file():
@@ -193,11 +189,11 @@ def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.Gr
         inputs = onnx.example_inputs_for(proto, path)
     else:
         inputs = as_input_tuple(example_inputs)
-    gm = capture(
+    gm, outputs = capture_with_outputs(
         onnx.to_module(proto, path), inputs, leaf_modules=leaf_modules, leaf_types=leaf_types
     )
     onnx.check_against_onnxruntime(path, gm, inputs)
-    return gm
+    return gm, outputs
 
 
 def _single_leaf_graph(leaf: nn.Module, num_inputs: int) -> fx.GraphModule:

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import fx, nn
 
+from graphopt.ops.dims import Dim
+
 if TYPE_CHECKING:
     from graphopt.ops.context import CouplingContext, SurgeryContext
     from graphopt.ops.dims import Dim
 
 Example = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 # MACs of one term and the dims whose sizes they are proportional to.
-MacTerm = tuple[int, list["Dim"]]
+MacTerm = tuple[int, list[Dim]]
 
 
 class OpHandler:

@@ -11,7 +11,7 @@ from torch import fx, nn
 from graphopt.analysis.shapes import shape_of
 from graphopt.ir import module_of
 from graphopt.pass_base import Pass, PassContext, PassResult
-from graphopt.rewrite import MatchResult, Rule, apply_rules
+from graphopt.rewrite import MatchResult, Rule, anchor_name, apply_rules
 
 DROPOUT_MODULES = (
     nn.Dropout,
@@ -34,15 +34,11 @@ SHAPE_FUNCTIONS = (torch.reshape, torch.flatten)
 SHAPE_METHODS = ("view", "reshape", "flatten", "contiguous")
 
 
-def _selection_name(node: fx.Node) -> str:
-    return str(node.target) if node.op == "call_module" else node.name
-
-
 def _bypass(node: fx.Node, gm: fx.GraphModule) -> list[str]:
     source = node.args[0]
     node.replace_all_uses_with(source)
     gm.graph.erase_node(node)
-    return [_selection_name(node)]
+    return [anchor_name(node)]
 
 
 class IdentityModule(Rule[fx.Node]):
@@ -52,12 +48,6 @@ class IdentityModule(Rule[fx.Node]):
 
     def match(self, node, gm):
         return node if isinstance(module_of(gm, node), nn.Identity) and node.args else None
-
-    def target(self, match):
-        return _selection_name(match)
-
-    def check(self, match, gm):
-        return MatchResult.ok()
 
     def rewrite(self, match, gm):
         return _bypass(match, gm)
@@ -72,9 +62,6 @@ class EvalDropout(Rule[fx.Node]):
         if isinstance(module_of(gm, node), DROPOUT_MODULES):
             return node
         return node if node.op == "call_function" and node.target in DROPOUT_FUNCTIONS else None
-
-    def target(self, match):
-        return _selection_name(match)
 
     def check(self, match, gm):
         module = module_of(gm, match)
@@ -112,12 +99,6 @@ class NoOpReshape(Rule[fx.Node]):
             return None
         out, src = shape_of(node), shape_of(source)
         return node if out is not None and out == src else None
-
-    def target(self, match):
-        return _selection_name(match)
-
-    def check(self, match, gm):
-        return MatchResult.ok()
 
     def rewrite(self, match, gm):
         return _bypass(match, gm)

@@ -9,7 +9,7 @@ from torch import nn
 
 import graphopt
 from graphopt.channels import Dim, build_channel_graph, find_groups
-from graphopt.zoo import CifarResNet
+from graphopt.testing.zoo import CifarResNet
 from tests.models import ResidualBlock
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.compiler import baseline as baseline_module
 from graphopt.compiler.artifact import load
-from graphopt.compiler.baseline import SlowerThanBaselineWarning
+from graphopt.compiler.measure import baseline as baseline_module
+from graphopt.compiler.measure.baseline import SlowerThanBaselineWarning
 from graphopt.errors import CompileError, ConfigError
 from tests.compiler.conftest import TinyNet
 

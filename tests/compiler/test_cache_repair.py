@@ -8,7 +8,12 @@ import torch
 
 import graphopt
 from graphopt.compiler import Tuning
-from graphopt.compiler.cache_repair import RECORDS, WORKLOADS, CacheRepairWarning, repair_database
+from graphopt.compiler.tune.cache_repair import (
+    RECORDS,
+    WORKLOADS,
+    CacheRepairWarning,
+    repair_database,
+)
 from tests.compiler.test_tuning import FEW, mlp
 
 

@@ -161,12 +161,12 @@ def test_generated_cuda_compiles_with_nvcc(tiny):
     import tvm
     from tvm.support import nvcc
 
-    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.build import export_program, lower_program
     from graphopt.compiler.targets import resolve_target
 
     model, x = tiny
     target = resolve_target("cuda:sm_90")
-    mod, _ = _lower(_export(model.eval(), (x,)), target, None)
+    mod, _ = lower_program(export_program(model.eval(), (x,)), target, None)
     executable = tvm.compile(mod, target=target.tvm())
     modules = [executable.mod]
     while modules and modules[0].kind != "cuda":

@@ -9,7 +9,7 @@ from torch import nn
 
 import graphopt
 from graphopt.compiler import Tuning, vector_lanes_for
-from graphopt.compiler.kernels import kernel_report, measure_gemm_peak
+from graphopt.compiler.measure.kernels import kernel_report, measure_gemm_peak
 from graphopt.errors import CompileError
 
 pytestmark = pytest.mark.tvm

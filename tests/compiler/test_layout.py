@@ -90,7 +90,7 @@ def test_where_convert_layout_fails_the_model_keeps_nchw_and_says_so():
 
 
 def test_a_model_without_convolutions_is_left_alone():
-    from graphopt.compiler.layout import channels_last
+    from graphopt.compiler.relax.layout import channels_last
 
     mod = lowered_relax(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.randn(2, 4))
     assert channels_last(mod).same_as(mod)
@@ -99,16 +99,16 @@ def test_a_model_without_convolutions_is_left_alone():
 def lowered_relax(model: nn.Module, x: torch.Tensor):
     from tvm.relax.frontend.torch import from_exported_program
 
-    from graphopt.compiler.build import _export
+    from graphopt.compiler.build import export_program
 
-    return from_exported_program(_export(model.eval(), (x,)), keep_params_as_input=False)
+    return from_exported_program(export_program(model.eval(), (x,)), keep_params_as_input=False)
 
 
 @pytest.mark.parametrize("channels,size,outermost", [(512, 7, True), (32, 28, False)])
 def test_large_weights_are_streamed_once_small_ones_stay_in_cache(channels, size, outermost):
     """Weights over the cache budget (512×512×3×3: 9.4 MB) go block by block, each block over
     every output position; small ones (37 KB) let the activations stream instead."""
-    from graphopt.compiler.schedules import TILE_ATTR
+    from graphopt.compiler.tir.schedules import TILE_ATTR
 
     model = nn.Conv2d(channels, channels, 3, padding=1)
     found = kernels(lowered(model, torch.randn(1, channels, size, size)))
@@ -121,7 +121,7 @@ def test_a_conv_with_weight_blocks_outermost_equals_pytorch():
 
 
 def test_a_depthwise_tile_reuses_weight_vectors_over_rows_and_pads_its_own_window():
-    from graphopt.compiler.schedules import TILE_ATTR
+    from graphopt.compiler.tir.schedules import TILE_ATTR
 
     model = nn.Conv2d(48, 48, 3, padding=1, groups=48)
     found = kernels(lowered(model, torch.randn(1, 48, 28, 28)))

@@ -32,7 +32,7 @@ def _marked(stmt) -> list[bool]:
 def test_small_constant_buffers_are_marked_for_the_stack_large_and_symbolic_ones_are_not():
     from tvm import tirx
 
-    from graphopt.compiler.lowering import STACK_LIMIT, _rewrite
+    from graphopt.compiler.tir.lowering import STACK_LIMIT, mark_small_allocations
 
     n = tirx.Var("n", "int32")
     store = tirx.Evaluate(0)
@@ -47,21 +47,23 @@ def test_small_constant_buffers_are_marked_for_the_stack_large_and_symbolic_ones
             ]
         )
     )
-    assert _marked(_rewrite(body, STACK_LIMIT)) == [True, True, False, False]
+    assert _marked(mark_small_allocations(body, STACK_LIMIT)) == [True, True, False, False]
     untouched = _parallel(tirx.SeqStmt([_alloc((STACK_LIMIT,)), store]))
-    assert _rewrite(untouched, STACK_LIMIT).same_as(untouched)  # nothing to mark: same object
+    assert mark_small_allocations(untouched, STACK_LIMIT).same_as(
+        untouched
+    )  # nothing to mark: same object
 
 
 def _kernel_ir(pipeline: str) -> str:
     import tvm
 
-    from graphopt.compiler.build import _export, _lower
-    from graphopt.compiler.lowering import pipeline_for
+    from graphopt.compiler.build import export_program, lower_program
     from graphopt.compiler.targets import resolve_target
+    from graphopt.compiler.tir.lowering import pipeline_for
 
     target = resolve_target("llvm")
     model = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=32), nn.ReLU6()).eval()
-    mod, _ = _lower(_export(model, (torch.randn(1, 32, 28, 28),)), target, None)
+    mod, _ = lower_program(export_program(model, (torch.randn(1, 32, 28, 28),)), target, None)
     name, func = next(
         (gv.name_hint, f) for gv, f in mod.functions_items() if "conv2d" in gv.name_hint
     )

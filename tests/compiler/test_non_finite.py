@@ -1,5 +1,5 @@
 """NaN and infinities flow through compiled ReLUs, clamps and max pools as through PyTorch's
-(graphopt.compiler.nan_semantics): TVM's own lowering returned 0 for relu(NaN), 6 for
+(graphopt.compiler.relax.nan_semantics): TVM's own lowering returned 0 for relu(NaN), 6 for
 relu6(NaN) and dropped a NaN from a max pool's window."""
 
 from __future__ import annotations

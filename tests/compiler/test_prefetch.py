@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from graphopt.compiler import vector_lanes_for, winograd
+from graphopt.compiler import vector_lanes_for
+from graphopt.compiler.relax import winograd
 from tests.compiler.test_schedules import close_to_pytorch, kernels, lowered
 
 pytestmark = pytest.mark.tvm
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.tvm
     iterations=st.integers(1, 5000),
 )
 def test_the_tiles_of_a_block_fetch_every_line_of_the_next(elements, per_line, tiles, iterations):
-    from graphopt.compiler.schedules.prefetch import plan
+    from graphopt.compiler.tir.schedules.prefetch import plan
 
     share, burst = plan(elements, per_line, tiles, iterations)
     lines = -(-elements // per_line)
@@ -37,7 +38,7 @@ def test_the_tiles_of_a_block_fetch_every_line_of_the_next(elements, per_line, t
 def _marked_loops(func) -> list[str]:
     from tvm import tirx
 
-    from graphopt.compiler.schedules.prefetch import PREFETCH_ATTR
+    from graphopt.compiler.tir.schedules.prefetch import PREFETCH_ATTR
 
     found = []
 
@@ -59,7 +60,7 @@ def _conv_kernel(model, x):
 
 
 def test_a_weight_streaming_convolution_marks_its_reduction_small_ones_do_not():
-    from graphopt.compiler.schedules import TILE_ATTR
+    from graphopt.compiler.tir.schedules import TILE_ATTR
 
     big = _conv_kernel(
         nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()), torch.randn(1, 256, 7, 7)
@@ -81,7 +82,7 @@ def test_a_function_without_marked_loops_is_returned_unchanged():
     import tvm
     from tvm import tirx
 
-    from graphopt.compiler.schedules.prefetch import insert_prefetches
+    from graphopt.compiler.tir.schedules.prefetch import insert_prefetches
 
     i = tirx.Var("i", "int32")
     func = tirx.PrimFunc([], tirx.For(i, 0, 8, tirx.ForKind.PARALLEL, tirx.Evaluate(0)))
@@ -92,8 +93,8 @@ def test_a_function_without_marked_loops_is_returned_unchanged():
 def _llvm_ir(model, x) -> str:
     import tvm
 
-    from graphopt.compiler.lowering import pipeline_for
     from graphopt.compiler.targets import resolve_target
+    from graphopt.compiler.tir.lowering import pipeline_for
 
     target = resolve_target("llvm").tvm()
     kernel = tvm.IRModule({"main": _conv_kernel(model, x).with_attr("global_symbol", "main")})

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from graphopt.compiler.schedules import SCHEDULE_ATTR
-from graphopt.compiler.schedules.tiles import _VECTOR_LOAD_COST, register_shape, vector_lanes
+from graphopt.compiler.tir.schedules import SCHEDULE_ATTR
+from graphopt.compiler.tir.schedules.tiles import VECTOR_LOAD_COST, register_shape, vector_lanes
 
 pytestmark = pytest.mark.tvm
 
@@ -35,7 +35,7 @@ def test_register_tile_divides_its_loops_and_fits_the_registers(groups_max, rows
     assert groups_max % groups == 0 and rows_max % rows == 0
     assert groups * rows <= budget
     # no other fitting tile does more multiply-adds per unit of load cost
-    c = _VECTOR_LOAD_COST
+    c = VECTOR_LOAD_COST
     assert all(
         g * r / (c * g + r) <= groups * rows / (c * groups + rows) + 1e-12
         for g in range(1, groups_max + 1)
@@ -48,10 +48,10 @@ def test_register_tile_divides_its_loops_and_fits_the_registers(groups_max, rows
 
 
 def lowered(model: nn.Module, x: torch.Tensor, target: str = "llvm"):
-    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.build import export_program, lower_program
     from graphopt.compiler.targets import resolve_target
 
-    mod, _ = _lower(_export(model.eval(), (x,)), resolve_target(target), None)
+    mod, _ = lower_program(export_program(model.eval(), (x,)), resolve_target(target), None)
     return mod
 
 
@@ -103,15 +103,15 @@ def test_round_to_for_a_target_is_its_vector_width():
 def test_lanes_and_registers_come_from_the_cpus_features(mcpu, lanes, accumulators):
     from tvm.target import Target
 
-    from graphopt.compiler.schedules.tiles import lanes as lanes_of
-    from graphopt.compiler.schedules.tiles import registers
+    from graphopt.compiler.tir.schedules.tiles import lanes as lanes_of
+    from graphopt.compiler.tir.schedules.tiles import registers
 
     target = Target({"kind": "llvm", "mcpu": mcpu})
     assert (lanes_of(target), registers(target)) == (lanes, accumulators)
 
 
 def test_vectors_follow_the_target_neon_gets_four_lanes():
-    from graphopt.compiler.schedules import TILE_ATTR
+    from graphopt.compiler.tir.schedules import TILE_ATTR
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU())
@@ -127,8 +127,8 @@ def run_compiled(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     import tvm
     from tvm import relax
 
-    from graphopt.compiler.lowering import compile_module
     from graphopt.compiler.targets import resolve_target
+    from graphopt.compiler.tir.lowering import compile_module
 
     executable = compile_module(lowered(model, x), resolve_target("llvm").tvm())
     vm = relax.VirtualMachine(executable, tvm.cpu())

@@ -21,7 +21,7 @@ pytest.importorskip("tvm")
 def threads_user():
     from graphopt.compiler import threads
 
-    return threads._user_choice
+    return threads.USER_CHOICE
 
 
 @pytest.fixture
@@ -50,11 +50,11 @@ def test_use_threads_sizes_the_pool_both_ways(restore_env):
 def test_default_is_the_users_setting_else_physical_cores(monkeypatch):
     from graphopt.compiler import threads
 
-    monkeypatch.setattr(threads, "_user_choice", None)
+    monkeypatch.setattr(threads, "USER_CHOICE", None)
     assert default_threads() == physical_cores()
-    monkeypatch.setattr(threads, "_user_choice", "3")
+    monkeypatch.setattr(threads, "USER_CHOICE", "3")
     assert default_threads() == 3
-    monkeypatch.setattr(threads, "_user_choice", "not a number")
+    monkeypatch.setattr(threads, "USER_CHOICE", "not a number")
     assert default_threads() == physical_cores()
 
 
@@ -66,11 +66,11 @@ def test_children_see_the_size_and_the_env_is_restored(restore_env, monkeypatch)
 
 
 def test_tuning_measures_on_the_targets_cores(restore_env, monkeypatch):
-    from graphopt.compiler.tuning import _measuring_threads
+    from graphopt.compiler.tune.candidates import measuring_threads
 
     monkeypatch.delenv(ENV, raising=False)
     target = resolve_target({"kind": "llvm", "num-cores": 3})
-    with _measuring_threads(target):
+    with measuring_threads(target):
         assert os.environ[ENV] == "3"
     assert ENV not in os.environ
 
@@ -80,7 +80,7 @@ def test_an_artifact_runs_on_physical_cores_by_default(
 ):
     from graphopt.compiler import load, threads
 
-    monkeypatch.setattr(threads, "_user_choice", None)
+    monkeypatch.setattr(threads, "USER_CHOICE", None)
     use_threads(1)
     model, x = tiny
     fresh = load(tiny_artifact.save(tiny_artifact.directory))

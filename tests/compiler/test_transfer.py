@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from graphopt.compiler.transfer import refit
+from graphopt.compiler.tune.transfer import refit
 
 pytestmark = pytest.mark.tvm
 
@@ -41,14 +41,14 @@ def test_refit_always_factors_the_new_extent(factors, extent):
 def _conv_task(cin: int, cout: int, kernel: int = 3, act=nn.ReLU):
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.build import export_program, lower_program
     from graphopt.compiler.targets import resolve_target
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), act()).eval()
     x = torch.randn(1, cin, 14, 14)
     target = resolve_target("llvm")
-    mod, _ = _lower(_export(model, (x,)), target, None, defaults=False)
+    mod, _ = lower_program(export_program(model, (x,)), target, None, defaults=False)
     tasks = ms.relax_integration.extract_tasks(mod, target.tvm())
     return next(t for t in tasks if "conv2d" in t.task_name), target
 
@@ -57,7 +57,7 @@ def _design_trace(task, target):
     """A MetaSchedule design-space sample of ``task`` (tile sizes decided, nothing measured)."""
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler._intrinsics import cpu_intrinsics_only
+    from graphopt.compiler.tir.intrinsics import cpu_intrinsics_only
 
     with cpu_intrinsics_only():
         context = ms.TuneContext(
@@ -70,7 +70,7 @@ def _design_trace(task, target):
 
 
 def _run(mod, target, args):
-    from graphopt.compiler.lowering import compile_module
+    from graphopt.compiler.tir.lowering import compile_module
 
     compile_module(mod, target.tvm()).jit()["main"](*args)
     return args[-1].numpy()
@@ -80,7 +80,7 @@ def test_a_trace_adapted_to_other_channel_counts_computes_the_new_kernel():
     import tvm
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler.transfer import adapt, signature
+    from graphopt.compiler.tune.transfer import adapt, signature
 
     source, target = _conv_task(16, 32)
     sibling, _ = _conv_task(16, 24)  # the source's output channels pruned to 24
@@ -114,7 +114,7 @@ def test_a_trace_adapted_to_other_channel_counts_computes_the_new_kernel():
 
 
 def test_only_the_same_operator_and_epilogue_are_similar():
-    from graphopt.compiler.transfer import signature
+    from graphopt.compiler.tune.transfer import signature
 
     relu, _ = _conv_task(16, 32)
     other_shape, _ = _conv_task(8, 48, kernel=1)
@@ -129,22 +129,22 @@ def test_a_default_measured_slow_once_is_measured_again_beside_the_record_that_b
     real time, so the truly faster schedule decides."""
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler.default_records import TAG, _variants, recheck_winners
-    from graphopt.compiler.tuning import _builder, _local
+    from graphopt.compiler.tune.candidates import builder, local_runner
+    from graphopt.compiler.tune.default_records import TAG, recheck_winners, variant_schedules
 
     task, target = _conv_task(16, 32)
     tvm_target = target.tvm()
     mod = task.dispatched[0]
     cache = ms.database.MemoryDatabase()
     workload = cache.commit_workload(mod)
-    default = _variants(task, {}, tvm_target, 1)[0]
+    default = variant_schedules(task, {}, tvm_target, 1)[0]
     searched = _design_trace(task, target)
     args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     for trace, seconds in ((default.trace, 1.0), (searched, 0.5)):
         cache.commit_tuning_record(
             ms.database.TuningRecord(trace, workload, [seconds], tvm_target, args)
         )
-    fresh = recheck_winners([task], cache, tvm_target, _builder(tvm_target), _local())
+    fresh = recheck_winners([task], cache, tvm_target, builder(tvm_target), local_runner())
     assert len(fresh) == 2 and sum(TAG in str(r.trace) for r in fresh) == 1
     assert all(max(float(s) for s in r.run_secs) < 0.1 for r in fresh)  # real times, not 1 s
     for record in fresh:

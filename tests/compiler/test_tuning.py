@@ -17,9 +17,9 @@ from torch import nn
 
 import graphopt
 from graphopt.compiler import RPC, Tuning
-from graphopt.compiler.progress import TuningProgress
 from graphopt.compiler.targets import resolve_target
-from graphopt.compiler.tuning import target_cache_dir
+from graphopt.compiler.tune.progress import TuningProgress
+from graphopt.compiler.tune.tuning import target_cache_dir
 
 FEW = {"per_task": 2, "per_iter": 2, "progress": False, "default_variants": 2}
 
@@ -68,7 +68,7 @@ def test_second_compile_reuses_the_cache(tmp_path):
 
 @pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
-    from graphopt.compiler.default_records import TAG
+    from graphopt.compiler.tune.default_records import TAG
 
     torch.manual_seed(0)
     model, x = (
@@ -97,7 +97,7 @@ def test_tuning_measures_the_default_tile_and_its_alternatives(tmp_path):
 def test_a_pruned_sibling_starts_from_the_records_of_the_original(tmp_path):
     """The cache knows a 16→32 convolution; a compile of its 16→24 sibling replays that record
     refitted, measures it, stores it (marked) and still computes the sibling's numbers."""
-    from graphopt.compiler.transfer import MARK
+    from graphopt.compiler.tune.transfer import MARK
 
     def conv(cout):
         torch.manual_seed(0)
@@ -126,7 +126,7 @@ def test_trials_zero_applies_the_cache_without_tuning(tmp_path):
 
 @pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_records_of_an_older_records_version_are_neither_applied_nor_deleted(tmp_path, monkeypatch):
-    from graphopt.compiler import tuning as tuning_module
+    from graphopt.compiler.tune import tuning as tuning_module
 
     model, x = mlp(12, 6), torch.randn(1, 12)
     few = Tuning(cache_dir=tmp_path, per_task=1, per_iter=1, default_variants=1, progress=False)
@@ -271,7 +271,7 @@ def _record(ms_mean: float, variant: int | None):
     """A stand-in tuning record: its run times and (for a default) the variant annotation."""
     from types import SimpleNamespace as NS
 
-    from graphopt.compiler.default_records import TAG
+    from graphopt.compiler.tune.default_records import TAG
 
     kind = NS(name="Annotate" if variant is not None else "Split")
     insts = [NS(kind=kind, attrs=[TAG], inputs=[None, variant])]
@@ -283,7 +283,7 @@ def _record(ms_mean: float, variant: int | None):
     [(0.98, "default"), (0.96, "default"), (0.94, "best"), (0.61, "best")],
 )
 def test_the_default_tile_wins_ties_within_the_noise_margin(best_ms, expected):
-    from graphopt.compiler.default_records import prefer_default
+    from graphopt.compiler.tune.default_records import prefer_default
 
     best, other, default = _record(best_ms, 2), _record(0.99, None), _record(1.0, 0)
     top = [best, other, default]  # fastest first, as the cache returns them

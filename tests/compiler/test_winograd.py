@@ -26,7 +26,7 @@ def _correlate(d: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("m", [2, 4, 6])
 def test_the_matrices_compute_a_3x3_correlation_exactly(m):
-    from graphopt.compiler.winograd import transform
+    from graphopt.compiler.relax.winograd import transform
 
     t = transform(m)
     rng = np.random.default_rng(m)
@@ -36,7 +36,7 @@ def test_the_matrices_compute_a_3x3_correlation_exactly(m):
 
 
 def test_transformed_weights_are_the_per_channel_pair_products():
-    from graphopt.compiler.winograd import transform, transformed_weights
+    from graphopt.compiler.relax.winograd import transform, transformed_weights
 
     t = transform(4)
     weight = np.random.default_rng(0).standard_normal((5, 3, 3, 7)).astype("float32")  # OHWI
@@ -58,7 +58,7 @@ def test_transformed_weights_are_the_per_channel_pair_products():
     ],
 )
 def test_the_tile_is_chosen_from_the_work_it_saves(size, c_in, c_out, tile):
-    from graphopt.compiler.winograd import choose_tile
+    from graphopt.compiler.relax.winograd import choose_tile
 
     assert choose_tile(size, size, c_in, c_out) == tile
 
@@ -74,7 +74,7 @@ class Residual(nn.Module):
 
 
 def test_a_3x3_convolution_becomes_two_transforms_around_a_gemm_with_its_epilogue_fused():
-    from graphopt.compiler.schedules import SCHEDULE_ATTR
+    from graphopt.compiler.tir.schedules import SCHEDULE_ATTR
 
     found = kernels(lowered(Residual(64), torch.randn(1, 64, 32, 32)))
     rules = {name: str(f.attrs[SCHEDULE_ATTR]) for name, f in found.items()}
@@ -128,7 +128,7 @@ def winograd_convs(draw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(winograd_convs())
 def test_winograd_convolutions_equal_pytorch(case):
-    from graphopt.compiler import winograd
+    from graphopt.compiler.relax import winograd
 
     conv, shape, tile = case
     model = nn.Sequential(conv, nn.ReLU()).eval()
@@ -146,7 +146,7 @@ def test_winograd_convolutions_equal_pytorch(case):
 
 
 def test_the_kernel_report_tags_the_three_kernels_of_a_winograd_convolution():
-    from graphopt.compiler.kernels import kernel_report
+    from graphopt.compiler.measure.kernels import kernel_report
 
     model = nn.Sequential(Residual(64), nn.Conv2d(64, 32, 1)).eval()  # the 1×1 stays direct
     report = kernel_report(model, torch.randn(1, 64, 32, 32), peak_gflops=100.0, repeats=1)
@@ -159,7 +159,7 @@ def test_the_kernel_report_tags_the_three_kernels_of_a_winograd_convolution():
 
 def test_compile_uses_winograd_unless_told_not_to_and_both_equal_pytorch():
     import graphopt
-    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.build import export_program, lower_program
     from graphopt.compiler.targets import resolve_target
 
     torch.manual_seed(0)
@@ -167,7 +167,9 @@ def test_compile_uses_winograd_unless_told_not_to_and_both_equal_pytorch():
     with torch.no_grad():
         want = model(x).numpy()
     for winograd in (True, False):
-        mod, _ = _lower(_export(model, (x,)), resolve_target("llvm"), None, winograd=winograd)
+        mod, _ = lower_program(
+            export_program(model, (x,)), resolve_target("llvm"), None, winograd=winograd
+        )
         assert any("winograd" in name for name in kernels(mod)) == winograd
         got = graphopt.compile(model, x, tuning=None, winograd=winograd)(x.numpy())
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

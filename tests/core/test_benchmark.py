@@ -3,7 +3,7 @@ the first call of a turn."""
 
 from __future__ import annotations
 
-from graphopt.compiler.benchmark import time_interleaved
+from graphopt.compiler.measure.benchmark import time_interleaved
 
 
 def test_rounds_warmup_and_bursts_are_counted():

@@ -11,7 +11,7 @@ from torch import nn
 import graphopt
 from graphopt.errors import ConfigError
 from graphopt.passes import ChannelPruning
-from graphopt.zoo import CifarResNet
+from graphopt.testing.zoo import CifarResNet
 from tests.models import ResidualBlock, randomize_batch_norm
 
 
@@ -182,3 +182,18 @@ def test_iterative_pruning_reaches_the_target_in_rounds():
     assert report.metrics["achieved_macs_reduction"] == pytest.approx(0.5, abs=0.05)
     with pytest.raises(pydantic.ValidationError, match="iterations"):
         ChannelPruning(channel_ratio=0.5, iterations=2)
+
+
+def test_a_break_no_thinned_group_explains_is_an_unsupported_graph_error(monkeypatch):
+    """When the cut graph fails at a node that no thinned group reaches (a surgery gap, here
+    simulated), the pass refuses with the node named instead of guessing what to undo."""
+    from graphopt.errors import UnsupportedGraphError
+    from graphopt.passes.compress.channel_pruning import pruner
+
+    monkeypatch.setattr(pruner, "try_prune", lambda gm, removed, ctx: (None, ("ghost", "boom")))
+    with pytest.raises(UnsupportedGraphError) as info:
+        graphopt.optimize(
+            ResidualBlock().eval(), torch.randn(1, 8, 8, 8), [ChannelPruning(channel_ratio=0.5)]
+        )
+    assert info.value.pass_name == "channel_pruning"
+    assert [(i.node, i.reason) for i in info.value.issues] == [("ghost", "boom")]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.data import load_cifar10, top1
 from graphopt.passes import ChannelPruning
-from graphopt.zoo import cifar_resnet
+from graphopt.testing.data import load_cifar10, top1
+from graphopt.testing.zoo import cifar_resnet
 from tests.conftest import SHARED_DATA
 
 WEIGHTS = SHARED_DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"

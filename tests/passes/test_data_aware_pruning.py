@@ -114,7 +114,7 @@ def test_data_aware_pruning_needs_calibration_data_before_any_work(pruning):
 
 
 def test_output_error_on_a_residual_cnn_meets_the_target_and_runs():
-    from graphopt.zoo import CifarResNet
+    from graphopt.testing.zoo import CifarResNet
 
     torch.manual_seed(0)
     model = CifarResNet(20).eval()

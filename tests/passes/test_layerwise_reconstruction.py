@@ -79,8 +79,8 @@ def test_an_unchanged_graph_is_left_alone_and_data_is_required():
     reason="pretrained CIFAR ResNet-56 or the CIFAR-10 files are missing from ../shared/data",
 )
 def test_recovery_after_pruning_resnet56():
-    from graphopt.data import batches, load_cifar10, top1
-    from graphopt.zoo import cifar_resnet
+    from graphopt.testing.data import batches, load_cifar10, top1
+    from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, SHARED_DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")
     x, y = load_cifar10(SHARED_DATA / "cifar10" / "test_uint8.npz", limit=1000, seed=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Annotated, ClassVar, Literal
 
@@ -12,12 +11,9 @@ from torch import fx
 
 from graphopt.analysis.calibration import first_inputs
 from graphopt.analysis.cost import model_stats
-from graphopt.analysis.shapes import propagate_shapes
 from graphopt.analysis.ties import tied_parameter_names
 from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
-from graphopt.channels.surgery import prune
-from graphopt.errors import CaptureError, ConfigError, PassError
-from graphopt.ops import meta_items
+from graphopt.errors import ConfigError, NodeIssue, UnsupportedGraphError
 from graphopt.pass_base import CALIBRATION, Pass, PassContext, PassResult
 from graphopt.passes.compress.channel_pruning import sensitivity
 from graphopt.passes.compress.channel_pruning.budget import (
@@ -36,6 +32,12 @@ from graphopt.passes.compress.channel_pruning.importance import (
     taylor_gradients,
 )
 from graphopt.passes.compress.channel_pruning.output_error import in_order_of, output_error_order
+from graphopt.passes.compress.channel_pruning.repair import (
+    groups_at,
+    location_of,
+    removed_elements,
+    try_prune,
+)
 from graphopt.report import Decline
 from graphopt.selectors import selects
 
@@ -137,18 +139,18 @@ class ChannelPruning(Pass):
             plan.importance = scores[plan.group.index]
         before = model_stats(gm)
         curves = self._sensitivity(gm, plans, declined, ctx)
+        broke: list[NodeIssue] = []
         for _ in range(MAX_REPAIRS):
             selection, reached = self._select(gm, plans, groups, curves)
-            removed = _removed_elements(plans, selection)
-            pruned, broken = _try_prune(gm, removed, ctx)
+            removed = removed_elements(plans, selection)
+            pruned, broken = try_prune(gm, removed, ctx)
             if broken is None:
                 break
             node, error = broken
-            culprits = _groups_at(node, gm, plans, selection)
-            if not culprits:
-                raise PassError(
-                    self.name, ctx.history, RuntimeError(f"pruning broke {node}: {error}")
-                )
+            broke.append(NodeIssue(str(node), error, location_of(gm, node)))
+            culprits = groups_at(node, gm, plans, selection)
+            if not culprits:  # no thinned group reaches the node that broke
+                raise UnsupportedGraphError(self.name, broke[-1:])
             for plan in culprits:
                 plans.remove(plan)
                 declined.append(
@@ -157,7 +159,7 @@ class ChannelPruning(Pass):
                     )
                 )
         else:
-            raise PassError(self.name, ctx.history, RuntimeError("no consistent pruning found"))
+            raise UnsupportedGraphError(self.name, broke)
         after = model_stats(pruned)
         touched = sorted(
             {d.owner.rpartition(".")[0] for d, i in removed.items() if d.kind == "param" and len(i)}
@@ -312,60 +314,6 @@ class ChannelPruning(Pass):
 
 
 MAX_REPAIRS = 20
-
-
-def _removed_elements(plans: list[GroupPlan], selection: dict[int, np.ndarray]):
-    removed = {}
-    for plan in plans:
-        chosen = selection.get(plan.group.index, np.empty(0, dtype=np.int64))
-        for dim in plan.group.dims:
-            removed[dim] = plan.group.removed_indices(dim, chosen)
-    return removed
-
-
-def _try_prune(gm: fx.GraphModule, removed, ctx: PassContext):
-    """Prune a copy and run it; return (copy, None) or (None, (failing node, error))."""
-    candidate = copy.deepcopy(gm)
-    prune(candidate, removed)
-    try:
-        propagate_shapes(candidate, ctx.example_inputs)
-    except CaptureError as exc:
-        return None, (exc.node, str(exc.__cause__ or exc).splitlines()[0][:300])
-    return candidate, None
-
-
-def _groups_at(node_name: str | None, gm: fx.GraphModule, plans, selection) -> list[GroupPlan]:
-    """The thinned groups with a dim on the failing node or on its inputs."""
-    node = next((n for n in gm.graph.nodes if n.name == node_name), None)
-    if node is None:
-        return []
-    nearby = [node, *_tensor_ancestors(node)]
-    names = {n.name for n in nearby}
-    owners = {str(n.target) for n in nearby if n.op in ("call_module", "get_attr")}
-    return [
-        p
-        for p in plans
-        if len(selection.get(p.group.index, ()))
-        and any(
-            d.owner in names or d.owner.rpartition(".")[0] in owners or d.owner in owners
-            for d in p.group.dims
-        )
-    ]
-
-
-def _tensor_ancestors(node: fx.Node) -> list[fx.Node]:
-    """Inputs of ``node``, looking through size arithmetic (``x.shape[3] // 2``) to tensors."""
-    found, stack, seen = [], list(node.all_input_nodes), set()
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if meta_items(current):
-            found.append(current)
-        else:
-            stack.extend(current.all_input_nodes)
-    return found
 
 
 def _producers(gm: fx.GraphModule, group: ChannelGroup) -> set[str]:

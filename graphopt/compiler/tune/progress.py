@@ -7,7 +7,7 @@ import math
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from graphopt.compiler.default_records import mean_secs
+from graphopt.compiler.tune.default_records import mean_secs
 
 
 class TuningProgress:

@@ -22,7 +22,9 @@ def baseline_records(
     todo: list[tuple[Any, Any]] = []
     for task in tasks:
         if not _has_baseline(cache, task.dispatched[0]):
-            todo += [(task, sch) for sch in _variants(task, constants, tvm_target, variants)]
+            todo += [
+                (task, sch) for sch in variant_schedules(task, constants, tvm_target, variants)
+            ]
     return measure(todo, tvm_target, builder, runner)
 
 
@@ -51,9 +53,9 @@ def measure(pairs, tvm_target, builder, runner) -> list:
     return records
 
 
-def _variants(task, constants, tvm_target, count: int) -> list:
+def variant_schedules(task, constants, tvm_target, count: int) -> list:
     """Schedules of the task's distinct default tiles, each tagged with its variant."""
-    from graphopt.compiler.schedules import schedule_kernel, tile_description
+    from graphopt.compiler.tir.schedules import schedule_kernel, tile_description
 
     func = task.dispatched[0]["main"]
     found, seen = [], set()

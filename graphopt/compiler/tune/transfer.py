@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graphopt.compiler.default_records import is_default, mean_secs
+from graphopt.compiler.tune.default_records import is_default, mean_secs
 
 MARK = "graphopt.transferred"  # root-block annotation: the record was transferred
 

@@ -36,15 +36,15 @@ def tile_description(func) -> str:
 def vector_lanes_for(target: str | dict = "llvm") -> int:
     """float32 lanes of ``target``'s vectors (16 with AVX-512, 8 with AVX2, 4 with NEON): the
     ``round_to`` that keeps pruned channels and low-rank ranks filling whole vectors."""
-    from graphopt.compiler.schedules.tiles import lanes
     from graphopt.compiler.targets import resolve_target
+    from graphopt.compiler.tir.schedules.tiles import lanes
 
     return lanes(resolve_target(target).tvm())
 
 
 def _rules(variant: int = 0):
     """The rules, in the order they are tried (only reduction kernels have variants)."""
-    from graphopt.compiler.schedules.rules import InjectiveRule, ReductionRule, RowReductionRule
+    from graphopt.compiler.tir.schedules.rules import InjectiveRule, ReductionRule, RowReductionRule
 
     if variant:
         return (ReductionRule(variant),)
@@ -56,14 +56,14 @@ def schedule_kernel(func, target, constants: set[int] = frozenset(), variant: in
     indices of the parameters every caller passes a constant for (weights), which the schedule
     may read repacked. ``variant`` > 0: an alternative tile of a reduction kernel, for tuning
     to measure (None when the kernel has fewer)."""
-    from graphopt.compiler.schedules import winograd
-    from graphopt.compiler.schedules.tiles import lanes
+    from graphopt.compiler.tir.schedules import winograd_transforms
+    from graphopt.compiler.tir.schedules.tiles import lanes
 
     if constants:
         func = func.with_attr(LAYOUT_FREE, sorted(constants))
-    which = winograd.kind(func) if target.kind.name == "llvm" else None
+    which = winograd_transforms.kind(func) if target.kind.name == "llvm" else None
     if which is not None:  # one tile, no variants
-        sch = winograd.schedule(func, which, lanes(target)) if variant == 0 else None
+        sch = winograd_transforms.schedule(func, which, lanes(target)) if variant == 0 else None
         return None if sch is None else (sch, "WinogradRule")
     for rule in _rules(variant):
         sch = rule.apply(func, target, False)

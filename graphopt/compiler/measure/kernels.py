@@ -20,16 +20,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from graphopt.compiler.schedules import (
+from graphopt.compiler.targets import resolve_target
+from graphopt.compiler.threads import default_threads, pool_threads, use_threads
+from graphopt.compiler.tir.schedules import (
     SCHEDULE_ATTR,
     SCHEDULED,
     TILE_ATTR,
     bound_calls,
     call_sites,
 )
-from graphopt.compiler.targets import resolve_target
-from graphopt.compiler.threads import default_threads, pool_threads, use_threads
-from graphopt.compiler.tuning import Tuning
+from graphopt.compiler.tune.tuning import Tuning
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
 
@@ -125,7 +125,7 @@ def kernel_report(
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from graphopt.compiler.build import _export, _lower
+    from graphopt.compiler.build import export_program, lower_program
 
     resolved = resolve_target(target)
     if resolved.device != "cpu" or not resolved.can_measure_locally:
@@ -133,9 +133,9 @@ def kernel_report(
             f"the kernel report times kernels on this host's CPU; target {resolved.name} "
             "does not run here"
         )
-    program = _export(copy.deepcopy(model).eval(), as_input_tuple(example_inputs))
+    program = export_program(copy.deepcopy(model).eval(), as_input_tuple(example_inputs))
     apply_only = tuning.model_copy(update={"trials": 0}) if tuning is not None else None
-    mod, _ = _lower(program, resolved, apply_only)
+    mod, _ = lower_program(program, resolved, apply_only)
     threads = int(resolved.spec.get("num-cores") or default_threads())
     peak = peak_gflops or measure_gemm_peak(threads=threads)
     tvm_target = resolved.tvm()
@@ -168,7 +168,7 @@ _PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's suffix
 
 def _winograd_kernels(mod) -> set[str]:
     """Names of the transforms of Winograd convolutions and of the GEMMs between them."""
-    from graphopt.compiler.winograd import INPUT_KERNEL, OUTPUT_KERNEL
+    from graphopt.compiler.relax.winograd import INPUT_KERNEL, OUTPUT_KERNEL
 
     found, windows = set(), set()
     for var, name, args in bound_calls(mod):
@@ -217,7 +217,7 @@ def _time_kernel(func_mod, tvm_target, repeats: int) -> float:
     import tvm
     import tvm.s_tir.meta_schedule as ms
 
-    from graphopt.compiler.lowering import compile_module
+    from graphopt.compiler.tir.lowering import compile_module
 
     runtime = compile_module(func_mod, tvm_target).jit()
     generator = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from graphopt.compiler.tir_walk import children, with_children
+from graphopt.compiler.tir.walk import children, with_children
 
 PREFETCH_ATTR = "graphopt.prefetch"  # loop annotation: "<buffer>:<tiles per block>:<elements>"
 _SPLIT = 16  # iterations of the innermost reduction loop between two bursts of prefetches
@@ -33,10 +33,10 @@ def annotate(sch, reduce_loops: list, weights: str, tiles: int, block_elements: 
     ``outer``: the tiles of each block (``tiles`` of them, consecutive iterations of the
     parallel loop) prefetch the next block of ``block_elements`` elements of ``weights``.
     Returns the reduction loops after the split."""
-    from graphopt.compiler.schedules.tiles import _const
+    from graphopt.compiler.tir.schedules.tiles import const_int
 
     last = reduce_loops[-1]
-    extent = _const(sch.get(last).extent) or 1
+    extent = const_int(sch.get(last).extent) or 1
     step = max(d for d in range(1, min(extent, _SPLIT) + 1) if extent % d == 0)
     outer, inner = sch.split(last, [None, step])
     sch.annotate(outer, PREFETCH_ATTR, f"{weights}:{tiles}:{block_elements}")
@@ -99,15 +99,15 @@ def _burst(mark: str, buffers: dict, parallel, serial: tuple):
     lines ``t·share + r·burst + j`` of block ``b+1``."""
     from tvm import tirx
 
-    from graphopt.compiler.schedules.tiles import _const
+    from graphopt.compiler.tir.schedules.tiles import const_int
 
     name, tiles, elements = mark.rsplit(":", 2)
     tiles, elements = int(tiles), int(elements)
     buffer = buffers.get(name)
-    extents = [_const(loop.extent) for loop in serial]
+    extents = [const_int(loop.extent) for loop in serial]
     if buffer is None or tiles < 1 or any(e is None for e in extents):
         return None
-    total = math.prod(_const(d) or 0 for d in buffer.shape)
+    total = math.prod(const_int(d) or 0 for d in buffer.shape)
     per_line = max(_LINE_BYTES * 8 // (buffer.dtype.bits * buffer.dtype.lanes), 1)
     share, burst = plan(elements, per_line, tiles, math.prod(extents))
     dtype = str(parallel.loop_var.ty.dtype)

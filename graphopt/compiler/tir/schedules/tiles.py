@@ -21,7 +21,7 @@ _GOOD_LANES = 8
 # A vector load of the packed operand (weights: a tile streams them from L2) costs this many
 # broadcasts of the other (a few input rows, hot in L1): measured on ResNet-18, 3 made the
 # 14×14 layers 1.4-1.6× faster than 1 and nothing slower; 6 gained nothing more.
-_VECTOR_LOAD_COST = 3.0
+VECTOR_LOAD_COST = 3.0
 # Weights smaller than this stay in a core's cache whatever the loop order (1 MiB: half an
 # L2 of current x86 server cores; measured: ordering by size alone made ResNet-56 and
 # MobileNetV2 slower, with weights of 150-600 KB)
@@ -89,7 +89,7 @@ def register_shape(
     """(groups, rows), divisors of their extents within ``budget`` accumulators, with the most
     multiply-adds per unit of load cost, then the larger tile. With ``broadcast`` each row
     reads a broadcast scalar and each group a vector: ``g·r / (c·g + r)``, ``c`` =
-    :data:`_VECTOR_LOAD_COST`; without, each row and group reads a vector and each group
+    :data:`VECTOR_LOAD_COST`; without, each row and group reads a vector and each group
     one shared vector more: ``g·r / (g·r + g)``."""
     return register_shapes(groups_max, rows_max, budget, broadcast=broadcast)[0]
 
@@ -101,7 +101,7 @@ def register_shapes(
     shapes = []
     for g in _divisors(groups_max):
         for r in _divisors(rows_max):
-            cost = _VECTOR_LOAD_COST * g + r if broadcast else g * r + g
+            cost = VECTOR_LOAD_COST * g + r if broadcast else g * r + g
             if g * r <= budget:
                 shapes.append(((g * r / cost, g * r), (g, r)))
     shapes.sort(key=lambda item: item[0], reverse=True)
@@ -172,7 +172,7 @@ def _blocks_outermost(reads, along: list[bool], across: list[bool]) -> bool:
 def _elements(buffer) -> int:
     n = 1
     for d in buffer.shape:
-        n *= _const(d) or 1
+        n *= const_int(d) or 1
     return n
 
 
@@ -226,11 +226,11 @@ def access(region, var, constants, intermediates) -> str | None:
     from tvm.sym.pattern import detect_linear_equation
 
     dims = [r.min for r in region.region]
-    hits = [k for k, d in enumerate(dims) if var in _expr_vars(d)]
+    hits = [k for k, d in enumerate(dims) if var in expr_vars(d)]
     if len(hits) != 1:
         return None
     coefficients = detect_linear_equation(dims[hits[0]], [var])
-    if len(coefficients) != 2 or _const(coefficients[0]) != 1:
+    if len(coefficients) != 2 or const_int(coefficients[0]) != 1:
         return None  # strided along var
     if hits[0] == len(dims) - 1:
         return DIRECT
@@ -242,17 +242,17 @@ def access(region, var, constants, intermediates) -> str | None:
 def _vars_in(region) -> set:
     used = set()
     for r in region.region:
-        used |= _expr_vars(r.min)
+        used |= expr_vars(r.min)
     return used
 
 
-def _expr_vars(expr) -> set:
+def expr_vars(expr) -> set:
     from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
 
     return collect_vars_used_in_prim_expr(expr)
 
 
-def _const(expr) -> int | None:
+def const_int(expr) -> int | None:
     from tvm import tirx
 
     if isinstance(expr, tirx.IntImm):

@@ -25,18 +25,17 @@ from typing import Annotated, Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from graphopt.compiler._intrinsics import cpu_intrinsics_only
-from graphopt.compiler.cache_repair import repair_database
-from graphopt.compiler.default_records import (
+from graphopt.compiler.targets import ResolvedTarget
+from graphopt.compiler.tune import candidates
+from graphopt.compiler.tune.cache_repair import repair_database
+from graphopt.compiler.tune.default_records import (
     applied_records,
     baseline_records,
     measure,
     recheck_winners,
 )
-from graphopt.compiler.progress import TuningProgress
-from graphopt.compiler.targets import ResolvedTarget
-from graphopt.compiler.threads import threads_for_children
-from graphopt.compiler.transfer import transferred_schedules
+from graphopt.compiler.tune.progress import TuningProgress
+from graphopt.compiler.tune.transfer import transferred_schedules
 from graphopt.errors import CompileError
 
 _DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -174,7 +173,7 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     import tvm.s_tir.meta_schedule as ms
     from tvm import relax
 
-    from graphopt.compiler.schedules import constant_params
+    from graphopt.compiler.tir.schedules import constant_params
 
     start = time.perf_counter()
     run = _Run(target, tuning)
@@ -185,7 +184,9 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
     transfers, records, trials, baselines, rechecked = [], [], 0, [], []
     if todo and local:
         pairs = transferred_schedules(todo, run.cache, tuning.transfer)
-        transfers = run.measured(lambda: measure(pairs, run.tvm_target, run.builder, _local()))
+        transfers = run.measured(
+            lambda: measure(pairs, run.tvm_target, run.builder, candidates.local_runner())
+        )
     if todo and _budget(tuning, len(todo)) > 0:
         if tuning.rpc is None and not target.can_measure_locally:
             notes.append(
@@ -199,12 +200,20 @@ def tune_and_apply(mod, target: ResolvedTarget, tuning: Tuning):
         variants = tuning.default_variants
         baselines = run.measured(
             lambda: baseline_records(
-                tasks, constants, run.cache, run.tvm_target, run.builder, _local(), variants
+                tasks,
+                constants,
+                run.cache,
+                run.tvm_target,
+                run.builder,
+                candidates.local_runner(),
+                variants,
             )
         )
     if local and (trials or transfers):
         rechecked = run.measured(
-            lambda: recheck_winners(todo, run.cache, run.tvm_target, run.builder, _local())
+            lambda: recheck_winners(
+                todo, run.cache, run.tvm_target, run.builder, candidates.local_runner()
+            )
         )
     applied = sum(run.known(t) for t in tasks)
     with run.tvm_target, applied_records(run.cache, tasks):
@@ -243,14 +252,14 @@ class _Run:
     def builder(self):
         """Built on first use: TVM's LocalBuilder starts a worker process to check itself
         (2.9 s here), which a compile that only applies the cache does not need."""
-        return _builder(self.tvm_target)
+        return candidates.builder(self.tvm_target)
 
     def known(self, task) -> bool:
         return _known(self.cache, task, self.tvm_target)
 
     def measured(self, measure_records) -> list:
         """Records ``measure_records()`` measures on the target's threads, merged."""
-        with _measuring_threads(self.target):
+        with candidates.measuring_threads(self.target):
             records = measure_records()
         if records:
             self.cache = _merge(self.db_dir, records)
@@ -258,19 +267,10 @@ class _Run:
 
     def search(self, todo, seeds) -> tuple[list, int]:
         """MetaSchedule's search over ``todo``, its records merged: ``(records, trials)``."""
-        with _measuring_threads(self.target):
+        with candidates.measuring_threads(self.target):
             records, trials = _tune(todo, self.tvm_target, self.tuning, seeds)
         self.cache = _merge(self.db_dir, records)
         return records, trials
-
-
-def _measuring_threads(target: ResolvedTarget):
-    """Candidates measured on this host run on the target's cores (the threads the artifact
-    will use), not on TVM's default of half the logical CPUs."""
-    cores = target.spec.get("num-cores")
-    if target.device != "cpu" or not cores:
-        return contextlib.nullcontext()
-    return threads_for_children(int(cores))
 
 
 def _budget(tuning: Tuning, n_tasks: int) -> int:
@@ -293,7 +293,7 @@ def _tune(todo, tvm_target, tuning: Tuning, seeds=()) -> tuple[list[Any], int]:
         )
     seeded = {str(seed.trace) for seed in seeds}
     with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work, _quiet_tvm_logs():
-        with _intrinsics_for(tvm_target):
+        with candidates.intrinsics_for(tvm_target):
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, work, seed=tuning.seed
             )
@@ -308,8 +308,8 @@ def _tune(todo, tvm_target, tuning: Tuning, seeds=()) -> tuple[list[Any], int]:
                     max_trials_global=budget,
                     max_trials_per_task=tuning.per_task,
                     num_trials_per_iter=min(tuning.per_iter, tuning.per_task),
-                    builder=_builder(tvm_target),
-                    runner=_runner(tuning),
+                    builder=candidates.builder(tvm_target),
+                    runner=candidates.runner(tuning.rpc),
                     database=database,
                     measure_callbacks=callbacks,
                 )
@@ -338,54 +338,6 @@ def _quiet_tvm_logs():
         logger.setLevel(level)
         for handler in unnamed:
             logger.addHandler(handler)
-
-
-def _intrinsics_for(tvm_target):
-    if tvm_target.kind.name == "llvm":
-        return cpu_intrinsics_only()
-    return contextlib.nullcontext()
-
-
-def _builder(tvm_target):
-    import tvm.s_tir.meta_schedule as ms
-
-    if tvm_target.kind.name != "llvm":
-        return "local"
-    from graphopt.compiler._intrinsics import build_candidate
-
-    return ms.builder.LocalBuilder(f_build=build_candidate)
-
-
-def _evaluator():
-    """Each candidate timed 10 times from cold caches, as a kernel runs inside a network whose
-    weights stream from memory. TVM's default (one sample of 3 warm calls) ranked schedules by
-    their cache-hot speed: a MobileNetV2 tuned that way ran 6 % slower than its defaults."""
-    import tvm.s_tir.meta_schedule as ms
-
-    return ms.runner.EvaluatorConfig(
-        number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True
-    )
-
-
-def _local():
-    import tvm.s_tir.meta_schedule as ms
-
-    return ms.runner.LocalRunner(evaluator_config=_evaluator())
-
-
-def _runner(tuning: Tuning):
-    import tvm.s_tir.meta_schedule as ms
-
-    if tuning.rpc is None:
-        return _local()
-    host, port = tuning.rpc.host_port
-    config = ms.runner.RPCConfig(
-        tracker_host=host,
-        tracker_port=port,
-        tracker_key=tuning.rpc.key,
-        session_timeout_sec=tuning.rpc.session_timeout,
-    )
-    return ms.runner.RPCRunner(rpc_config=config)
 
 
 def _merge(db_dir: Path, records):

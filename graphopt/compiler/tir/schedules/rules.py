@@ -14,20 +14,20 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from graphopt.compiler.schedules import TILE_ATTR, prefetch
-from graphopt.compiler.schedules.tiles import (
+from graphopt.compiler.tir.schedules import TILE_ATTR, prefetch
+from graphopt.compiler.tir.schedules.tiles import (
     PACK,
     Tile,
-    _const,
-    _expr_vars,
     choose_tile,
+    const_int,
+    expr_vars,
     lanes,
     registers,
     vector_lanes,
 )
 
 # what a schedule step raises when it rejects a kernel (TVM's checks) or finds no buffer
-_DECLINED = (s_tir.ScheduleError, RuntimeError, ValueError, StopIteration)
+DECLINED = (s_tir.ScheduleError, RuntimeError, ValueError, StopIteration)
 
 
 class _CPURule(ScheduleRule):
@@ -39,7 +39,7 @@ class _CPURule(ScheduleRule):
         sch = s_tir.Schedule(func)
         try:
             return sch if self.schedule(sch, target) else None
-        except _DECLINED:
+        except DECLINED:
             return None
 
 
@@ -63,7 +63,7 @@ class ReductionRule(_CPURule):
         main = mains[0]
         kinds = main.dom_kind()
         spatial = kinds.count("S")
-        extents = [_const(i.dom) for i in main.iters[:spatial]]
+        extents = [const_int(i.dom) for i in main.iters[:spatial]]
         if spatial == 0 or kinds != "S" * spatial + "R" * (len(kinds) - spatial):
             return False
         if any(e is None for e in extents) or not _trivially_bound(sch, main):
@@ -95,7 +95,7 @@ class ReductionRule(_CPURule):
         prefetching = _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile, stream)
         for producer in producers:
             if per_tile:
-                _vectorize_tile(sch, sch.get_loops(producer)[1:], width)
+                vectorize_tile(sch, sch.get_loops(producer)[1:], width)
             else:
                 schedule_injective_block(sch, producer, width)
         text = describe(tile, extents, width) + (", prefetch next block" if prefetching else "")
@@ -144,7 +144,9 @@ def _inlined(sch, block) -> bool:
     load = getattr(store, "value", None)
     if not isinstance(store, tirx.BufferStore) or not isinstance(load, TensorLoad):
         return False
-    same_shape = [_const(d) for d in store.buffer.shape] == [_const(d) for d in load.source.shape]
+    same_shape = [const_int(d) for d in store.buffer.shape] == [
+        const_int(d) for d in load.source.shape
+    ]
     same_index = len(store.indices) == len(load.indices) and all(
         a.same_as(b) for a, b in zip(store.indices, load.indices, strict=True)
     )
@@ -220,7 +222,7 @@ def _read_dim(sch, block, name: str, var) -> tuple[int, int | None]:
     if var is None:
         return index, None
     dims = [r.min for r in reads[index].region]
-    return index, next(k for k, e in enumerate(dims) if var in _expr_vars(e))
+    return index, next(k for k, e in enumerate(dims) if var in expr_vars(e))
 
 
 def _tile_reduction(
@@ -251,7 +253,7 @@ def _tile_reduction(
         sch.transform_layout(
             block, ("write", 0), tirx.IndexMap.from_func(_last(tile.vector_loop), ndim=spatial)
         )
-    epilogue = _inline_epilogue(sch, accumulator)
+    epilogue = inline_epilogue(sch, accumulator)
     sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
     for producer in per_tile:  # before the outer loops are fused: a tile's region is then known
         sch.compute_at(producer, outer[-1], preserve_unit_loops=True)
@@ -262,7 +264,7 @@ def _tile_reduction(
     sch.vectorize(inner[-1])
     init = sch.decompose_reduction(block, reduce[0] if reduce else inner[0])
     for b in (init, epilogue):
-        _vectorize_tile(sch, sch.get_loops(b)[1:], width)
+        vectorize_tile(sch, sch.get_loops(b)[1:], width)
     return marked
 
 
@@ -270,16 +272,16 @@ def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> 
     """Mark the reduction for :mod:`.prefetch` (the parallel loop runs ``blocks × tiles``
     iterations, blocks outermost, each block of ``stream`` contiguous): ``(reduction loops,
     marked)``."""
-    blocks = _const(sch.get(outer[0]).extent)
-    tiles = math.prod(_const(sch.get(loop).extent) or 0 for loop in outer[1:])
+    blocks = const_int(sch.get(outer[0]).extent)
+    tiles = math.prod(const_int(sch.get(loop).extent) or 0 for loop in outer[1:])
     weights = next(r.source for r in sch.get(block).reads if r.source.name == stream)
-    total = math.prod(_const(d) or 0 for d in weights.shape)
+    total = math.prod(const_int(d) or 0 for d in weights.shape)
     if not blocks or not tiles or not total or total % blocks:
         return reduce, False
     return prefetch.annotate(sch, reduce, stream, tiles, total // blocks), True
 
 
-def _inline_epilogue(sch, writeback):
+def inline_epilogue(sch, writeback):
     """Fold the element-wise consumers of the accumulator's write-back into it."""
     while True:
         consumers = sch.get_consumers(writeback)
@@ -291,16 +293,16 @@ def _inline_epilogue(sch, writeback):
             return writeback
 
 
-def _vectorize_tile(sch, loops, width: int) -> None:
+def vectorize_tile(sch, loops, width: int) -> None:
     """Unroll a tile's loops and vectorise the innermost where it fills vectors. A loop whose
     extent is not a constant (a per-tile padding window clipped at the border) is left as it
     is: TVM rejects unrolling it only when it builds, too late for the rule to decline."""
     if not loops:
         return
     for loop in loops[:-1]:
-        if _const(sch.get(loop).extent) is not None:
+        if const_int(sch.get(loop).extent) is not None:
             sch.unroll(loop)
-    extent = _const(sch.get(loops[-1]).extent)
+    extent = const_int(sch.get(loops[-1]).extent)
     if extent is None:
         return
     lanes_ = vector_lanes(extent, width)
@@ -330,7 +332,7 @@ class RowReductionRule(ScheduleRule):
             return None
         try:
             return Reduction().apply(func, target, tunable)
-        except _DECLINED:
+        except DECLINED:
             return None
 
 
@@ -353,7 +355,7 @@ def schedule_injective_block(sch, block, width: int) -> None:
     the fused index's divisions and its own bounds test (the padded 224×224×3 input of a first
     convolution took 0.115 ms of its 0.25)."""
     loops = sch.get_loops(block)
-    extents = [_const(sch.get(loop).extent) for loop in loops]
+    extents = [const_int(sch.get(loop).extent) for loop in loops]
     if not loops or any(e is None for e in extents):
         return
     lanes_ = vector_lanes(extents[-1], width)
@@ -377,7 +379,7 @@ def _transposed_loop(sch, block, extents, width: int) -> int | None:
     reads = sch.get(block).reads
     if len(reads) != 1 or not _trivially_bound(sch, info):
         return None
-    last = _expr_vars(reads[0].region[-1].min)
+    last = expr_vars(reads[0].region[-1].min)
     hits = [i for i, iv in enumerate(info.iters) if iv.var in last]
     if len(hits) != 1 or hits[0] == len(extents) - 1 or extents[hits[0]] < width:
         return None

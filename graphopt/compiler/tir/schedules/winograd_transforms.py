@@ -1,4 +1,4 @@
-"""Schedules of the Winograd transforms (:mod:`graphopt.compiler.winograd`).
+"""Schedules of the Winograd transforms (:mod:`graphopt.compiler.relax.winograd`).
 
 Both transforms work tile by tile: one parallel iteration per (tile, block of ``lanes``
 channels), the ``α × α`` window's loops unrolled, so that every coefficient of ``Bᵀ`` and ``Aᵀ``
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from graphopt.compiler.schedules.rules import _DECLINED, _inline_epilogue, _vectorize_tile
-from graphopt.compiler.schedules.tiles import _const, vector_lanes
-from graphopt.compiler.winograd import INPUT, KERNEL, OUTPUT
+from graphopt.compiler.relax.winograd import INPUT, KERNEL, OUTPUT
+from graphopt.compiler.tir.schedules.rules import DECLINED, inline_epilogue, vectorize_tile
+from graphopt.compiler.tir.schedules.tiles import const_int, vector_lanes
 
 
 def kind(func) -> str | None:
@@ -27,7 +27,7 @@ def kind(func) -> str | None:
     for name in (INPUT, OUTPUT):
         try:
             sch.get_sblock(name)
-        except _DECLINED:
+        except DECLINED:
             continue
         return name
     return None
@@ -42,7 +42,7 @@ def schedule(func, which: str, width: int):
             _input(sch, width)
         else:
             _output(sch, width)
-    except _DECLINED:
+    except DECLINED:
         return None
     return sch
 
@@ -50,8 +50,8 @@ def schedule(func, which: str, width: int):
 def _input(sch, width: int) -> None:
     main, rows = sch.get_sblock(INPUT), sch.get_sblock(INPUT + "_rows")
     element, tile, channel, s = sch.get_loops(main)
-    alpha = _square_root(_const(sch.get(element).extent))
-    lanes = vector_lanes(_const(sch.get(channel).extent), width)
+    alpha = _square_root(const_int(sch.get(element).extent))
+    lanes = vector_lanes(const_int(sch.get(channel).extent), width)
     c_outer, c_lane = sch.split(channel, [None, lanes])
     xi, nu = sch.split(element, [alpha, alpha])
     sch.reorder(tile, c_outer, xi, nu, s, c_lane)
@@ -70,14 +70,14 @@ def _input(sch, width: int) -> None:
 def _output(sch, width: int) -> None:
     block = sch.get_sblock(OUTPUT)
     batch, y, x, k, xi, nu = sch.get_loops(block)
-    m = _const(sch.get(xi).extent) - KERNEL + 1
-    lanes = vector_lanes(_const(sch.get(k).extent), width)
+    m = const_int(sch.get(xi).extent) - KERNEL + 1
+    lanes = vector_lanes(const_int(sch.get(k).extent), width)
     ty, iy = sch.split(y, [None, m])
     tx, ix = sch.split(x, [None, m])
     k_outer, k_lane = sch.split(k, [None, lanes])
     sch.reorder(batch, ty, tx, k_outer, iy, ix, xi, nu, k_lane)
     accumulator = sch.cache_write(block, 0, "local")
-    writeback = _inline_epilogue(sch, accumulator)
+    writeback = inline_epilogue(sch, accumulator)
     sch.reverse_compute_at(writeback, k_outer, preserve_unit_loops=True)
     sch.parallel(sch.fuse(batch, ty, tx, k_outer))
     for loop in (iy, ix, xi, nu):
@@ -85,7 +85,7 @@ def _output(sch, width: int) -> None:
     sch.vectorize(k_lane)
     init = sch.decompose_reduction(block, xi)
     for b in (init, writeback):
-        _vectorize_tile(sch, sch.get_loops(b)[1:], width)
+        vectorize_tile(sch, sch.get_loops(b)[1:], width)
 
 
 def _square_root(n: int) -> int:

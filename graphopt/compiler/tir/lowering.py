@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from graphopt.compiler.schedules.prefetch import insert_prefetches
-from graphopt.compiler.tir_walk import children, with_children
+from graphopt.compiler.tir.schedules.prefetch import insert_prefetches
+from graphopt.compiler.tir.walk import children, with_children
 
 PIPELINE = "graphopt"
 # The largest buffer put on the stack. Worker threads get 8 MiB stacks on Linux (512 KiB on
@@ -69,13 +69,13 @@ def stack_buffers(limit: int = STACK_LIMIT):
     import tvm
 
     def transform(func, _mod, _ctx):
-        body = _rewrite(func.body, limit)
+        body = mark_small_allocations(func.body, limit)
         return func if body.same_as(func.body) else func.with_body(body)
 
     return tvm.tirx.transform.prim_func_pass(transform, opt_level=0, name="GraphoptStackBuffers")
 
 
-def _rewrite(stmt, limit: int):
+def mark_small_allocations(stmt, limit: int):
     """``stmt`` with its small allocations marked; the same object when nothing changed."""
     from tvm import tirx
 
@@ -84,7 +84,7 @@ def _rewrite(stmt, limit: int):
         if size is None or size > limit or _KEEP in stmt.annotations:
             return stmt
         return tirx.AllocBuffer(stmt.buffer, {**stmt.annotations, _KEEP: _true()}, stmt.span)
-    return with_children(stmt, [_rewrite(child, limit) for child in children(stmt)])
+    return with_children(stmt, [mark_small_allocations(child, limit) for child in children(stmt)])
 
 
 def buffer_bytes(buffer) -> int | None:

@@ -47,7 +47,7 @@ def build_candidate(mod, target, params):
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    from graphopt.compiler.lowering import pipeline_for
+    from graphopt.compiler.tir.lowering import pipeline_for
 
     with cpu_intrinsics_only():
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)

@@ -11,7 +11,7 @@ where an op keeps its own layout (the classifier's flatten).
 ``clip`` (what ``torch.export`` makes of ReLU6 and hardtanh) has no layout rule in TVM 0.27:
 ``ConvertLayout`` would wrap each one in two transposes and keep it out of the convolution's
 fused epilogue. It is first rewritten as ``minimum(hi, maximum(lo, x))``, which has one (the
-constants first, so that a NaN ``x`` stays NaN: :mod:`graphopt.compiler.nan_semantics`).
+constants first, so that a NaN ``x`` stays NaN: :mod:`graphopt.compiler.relax.nan_semantics`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphopt.compiler.benchmark import time_interleaved
+from graphopt.compiler.measure.benchmark import time_interleaved
 
 Baseline = Literal["onnxruntime", "eager"]
 BASELINES: tuple[Baseline, ...] = ("onnxruntime", "eager")
