@@ -114,3 +114,11 @@ def test_tests_import_only_public_names():
             if bad:
                 private.append(f"{path.relative_to(ROOT)}:{line} {module} {bad}")
     assert not private, "tests import private names:\n" + "\n".join(private)
+
+
+def test_every_library_folder_is_a_package():
+    """A folder without ``__init__.py`` imports (namespace package) but is left out of the
+    wheel by package discovery."""
+    folders = {p.parent for p in LIBRARY}
+    missing = [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()]
+    assert not missing

@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 import factories  # noqa: E402
 
 import graphopt  # noqa: E402
-from graphopt.compiler.benchmark import time_interleaved  # noqa: E402
+from graphopt.compiler.measure.benchmark import time_interleaved  # noqa: E402
 from graphopt.compiler.threads import default_threads  # noqa: E402
 from graphopt.recipe import load_recipe  # noqa: E402
 from graphopt.runner import run_recipe, write_outputs  # noqa: E402

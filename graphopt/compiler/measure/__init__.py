@@ -1,0 +1,1 @@
+"""Measurement: interleaved timing, the never-slower baseline check, the per-kernel report."""

@@ -1,0 +1,2 @@
+"""Kernel level: default schedules, the lowering pipeline, the TIR statement walker and the CPU
+tensor intrinsics."""

@@ -1,0 +1,1 @@
+"""MetaSchedule tuning with a shared cache: records, candidates, transfer, repair, progress."""
