@@ -8,6 +8,7 @@ from graphopt.passes.canonicalize.fold_batch_norm import FoldBatchNorm
 from graphopt.passes.canonicalize.remove_identity import RemoveIdentity
 from graphopt.passes.compress.channel_pruning.pruner import ChannelPruning
 from graphopt.passes.compress.depthwise_substitution import DepthwiseSubstitution
+from graphopt.passes.compress.group_sparse_training import GroupSparseTraining
 from graphopt.passes.compress.low_rank import LowRankFactorization
 from graphopt.passes.compress.net2net_shrink import Net2NetShrink
 from graphopt.passes.grow.net2net_deepen import Net2NetDeepen
@@ -22,6 +23,7 @@ BUILTIN_PASSES = (
     DepthwiseSubstitution,
     EliminateDeadCode,
     FoldBatchNorm,
+    GroupSparseTraining,
     KnowledgeDistillation,
     LayerwiseReconstruction,
     LowRankFactorization,
@@ -38,6 +40,7 @@ __all__ = [
     "DepthwiseSubstitution",
     "EliminateDeadCode",
     "FoldBatchNorm",
+    "GroupSparseTraining",
     "KnowledgeDistillation",
     "LayerwiseReconstruction",
     "LowRankFactorization",

@@ -82,12 +82,12 @@ class KnowledgeDistillation(Pass):
             raise ConfigError(
                 f"{self.name} needs training data: optimize(..., training_data=loader)"
             )
-        steps = self._total_steps(data)
+        steps = self.total_steps(data)
         features, declined = self._matched_features(gm, ctx)
         seed = ctx.seed if self.seed is None else self.seed
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            trainer = _Trainer(self, gm, ctx.original, features, ctx.validation)
+            trainer = Trainer(self, gm, ctx.original, features, ctx.validation)
             trainer.train(data, steps)
         notes = [
             f"{steps} steps in {trainer.seconds:.1f} s, loss {trainer.losses[0]:.4g} → "
@@ -107,7 +107,8 @@ class KnowledgeDistillation(Pass):
         report.metrics.update(trainer.metrics(steps))
         return PassResult(gm, changed, report)
 
-    def _total_steps(self, data) -> int:
+    def total_steps(self, data) -> int:
+        """Optimiser steps: ``steps``, or ``epochs`` × batches per pass over ``data``."""
         if self.steps is not None:
             return self.steps
         try:
@@ -135,12 +136,15 @@ class KnowledgeDistillation(Pass):
         return kept, declined
 
 
-class _Trainer:
-    """The training loop of one distillation run."""
+class Trainer:
+    """The training loop of one distillation run (shared by the training-time passes)."""
 
-    def __init__(self, cfg: KnowledgeDistillation, student, teacher, features, validation):
+    def __init__(
+        self, cfg: KnowledgeDistillation, student, teacher, features, validation, penalty=None
+    ):
         self.cfg, self.student, self.teacher = cfg, student, copy.deepcopy(teacher).eval()
         self.features, self.validation = features, validation
+        self.penalty = penalty  # a differentiable term added to every step's loss
         self.losses: list[float] = []
         self.scores: list[tuple[int, float]] = []
         self.best_state: dict | None = None
@@ -182,21 +186,19 @@ class _Trainer:
 
     def _loss(self, inputs: tuple[torch.Tensor, ...], labels) -> torch.Tensor:
         cfg = self.cfg
-        with _capture(self.teacher, self.features) as t_feats, torch.no_grad():
-            t_logits = _logits(self.teacher(*inputs))
         with _capture(self.student, self.features) as s_feats:
             s_logits = _logits(self.student(*inputs))
-        temp = cfg.temperature
-        loss = (
-            cfg.kd_weight
-            * temp**2
-            * F.kl_div(
+        loss = self.penalty() if self.penalty is not None else s_logits.new_zeros(())
+        if cfg.kd_weight > 0 or self.features:  # the teacher runs only when it is needed
+            with _capture(self.teacher, self.features) as t_feats, torch.no_grad():
+                t_logits = _logits(self.teacher(*inputs))
+            temp = cfg.temperature
+            loss = loss + cfg.kd_weight * temp**2 * F.kl_div(
                 F.log_softmax(s_logits / temp, dim=-1),
                 F.log_softmax(t_logits / temp, dim=-1),
                 reduction="batchmean",
                 log_target=True,
             )
-        )
         if cfg.label_weight > 0:
             if labels is None:
                 raise ConfigError(f"{cfg.name}: label_weight > 0 but the batches have no labels")

@@ -133,7 +133,7 @@ class ChannelPruning(Pass):
 
     def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         groups = find_groups(build_channel_graph(gm))
-        plans, declined = self._plans(gm, groups)
+        plans, declined = self.plans(gm, groups)
         scores, notes = self._scores(gm, plans, ctx)
         for plan in plans:
             plan.importance = scores[plan.group.index]
@@ -175,7 +175,8 @@ class ChannelPruning(Pass):
         )
         return PassResult(pruned, bool(touched), report)
 
-    def _plans(self, gm, groups: list[ChannelGroup]) -> tuple[list[GroupPlan], list[Decline]]:
+    def plans(self, gm, groups: list[ChannelGroup]) -> tuple[list[GroupPlan], list[Decline]]:
+        """The groups this configuration may thin (with caps), and the declines of the rest."""
         plans, declined = [], []
         tied = tied_parameter_names(gm)
         for group in groups:
