@@ -44,8 +44,9 @@ class GroupSparseTraining(Pass):
     exact: ClassVar[bool] = False
     requires_data: ClassVar[frozenset[str]] = frozenset({TRAINING})
 
-    strength: Annotated[float, Field(gt=0, le=10)] = Field(
-        default=5e-4, description="λ, the weight of Σ‖θ_c‖₂ in the training loss."
+    strength: Annotated[float, Field(ge=0, le=10)] = Field(
+        default=5e-4,
+        description="λ, the weight of Σ‖θ_c‖₂ in the training loss (0: train, then cut).",
     )
     training: KnowledgeDistillation = Field(
         default_factory=lambda: KnowledgeDistillation(

@@ -95,7 +95,7 @@ def test_needs_training_data_before_any_pass_runs():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"strength": 0}, {"strength": 11}, {"training": {}}, {"pruning": {}}, {"unknown": 1}],
+    [{"strength": -1}, {"strength": 11}, {"training": {}}, {"pruning": {}}, {"unknown": 1}],
 )
 def test_invalid_configs_fail_at_construction(kwargs):
     with pytest.raises(pydantic.ValidationError):
