@@ -36,7 +36,11 @@ def pass_schema(cls: type[Pass]) -> dict:
 
 
 def recipe_schema(passes: tuple[type[Pass], ...]) -> dict:
-    """The recipe schema; each ``passes`` item is one of the passes, tagged by ``pass``."""
+    """The recipe schema; each ``passes`` item is one of the passes, tagged by ``pass``.
+
+    The tagged entries are ``<Class>Step``: a pass's own configuration may nest another pass's
+    (``group_sparse_training.pruning`` is a ``ChannelPruning``), untagged, under its class name.
+    """
     schema = Recipe.model_json_schema()
     defs = schema.setdefault("$defs", {})
     entries = []
@@ -45,8 +49,8 @@ def recipe_schema(passes: tuple[type[Pass], ...]) -> dict:
         defs.update(entry.pop("$defs", {}))
         entry["properties"] = {"pass": {"const": cls.name}, **entry["properties"]}
         entry["required"] = ["pass", *entry.get("required", [])]
-        defs[cls.__name__] = entry
-        entries.append({"$ref": f"#/$defs/{cls.__name__}"})
+        defs[f"{cls.__name__}Step"] = entry
+        entries.append({"$ref": f"#/$defs/{cls.__name__}Step"})
     defs.pop("Pass", None)
     schema["properties"]["passes"]["items"] = {"oneOf": entries}
     schema["$id"] = f"{SCHEMA_URL}recipe.schema.json"

@@ -34,8 +34,8 @@ class GroupSparseTraining(Pass):
     ``training`` is the loop (a :class:`KnowledgeDistillation` configuration: steps or epochs,
     optimiser, learning rate, and the loss: cross-entropy on labels by default, distillation
     from the model before this pass with ``kd_weight``); ``strength`` is λ. ``pruning`` is the
-    cut after training; by default it ranks channels by their group norm (``importance: l2``,
-    the quantity the penalty shrinks).
+    cut after training (omitted: ``ratio 0.5, importance l2``; ``l2`` ranks channels by the
+    group norm the penalty shrinks, the other criteria work too).
     The report gives the penalty before and after training and how many channels it drove
     below 1 % of their group's mean norm.
     """

@@ -100,3 +100,33 @@ def test_needs_training_data_before_any_pass_runs():
 def test_invalid_configs_fail_at_construction(kwargs):
     with pytest.raises(pydantic.ValidationError):
         GroupSparseTraining(**kwargs)
+
+
+def test_a_recipe_nests_the_training_and_the_cut():
+    """In a recipe, ``training`` and ``pruning`` are the other passes' configurations; the
+    committed schema accepts what pydantic accepts and refuses a bad nested field."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from graphopt.recipe import parse_recipe
+    from graphopt.schema_export import SCHEMA_DIR
+
+    text = """
+model: {torchvision: resnet18}
+inputs: [{shape: [1, 3, 32, 32]}]
+passes:
+  - pass: group_sparse_training
+    strength: 1.0e-3
+    training: {steps: 5, lr: 0.02}
+    pruning: {ratio: 0.3, round_to: 8}
+"""
+    schema = json.loads((SCHEMA_DIR / "recipe.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(text), schema)
+    step = parse_recipe(text).passes[0]
+    assert (step.training.steps, step.pruning.ratio, step.pruning.importance) == (5, 0.3, "l1")
+    bad = yaml.safe_load(text)
+    bad["passes"][0]["pruning"]["ratio"] = 2.0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
