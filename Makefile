@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/pruning_selection.py
+	$(BIN)/python bench/group_sparse.py
 	$(BIN)/python bench/low_rank.py
 	$(BIN)/python bench/net2net.py
 	$(BIN)/python bench/fuzz_passes.py

@@ -8,7 +8,7 @@ distillation from the dense model. After the cut, every row gets BN recalibratio
 reconstruction, then optionally the same distillation budget. Top-1 on the 10k test images
 after each stage; the CPU seconds of each row (2 threads).
 
-    python bench/group_sparse.py                       # λ ∈ {0, 5e-4, 2e-3}, 1 epoch each
+    python bench/group_sparse.py                       # λ ∈ {0, 5e-4, 2e-3, 0.02, 0.1}, 1 epoch each
     python bench/group_sparse.py --strengths 5e-4 --sparse-epochs 2 --kd-epochs 1
 
 Writes bench/results/group_sparse.{json,md}.
@@ -104,7 +104,7 @@ def markdown(rows: list[dict], args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strengths", nargs="+", type=float, default=[0.0, 5e-4, 2e-3])
+    parser.add_argument("--strengths", nargs="+", type=float, default=[0.0, 5e-4, 2e-3, 2e-2, 1e-1])
     parser.add_argument("--sparse-epochs", type=float, default=1.0)
     parser.add_argument("--kd-epochs", type=float, default=0.0)
     parser.add_argument("--no-baseline", action="store_true")
