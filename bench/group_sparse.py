@@ -116,9 +116,14 @@ def main() -> None:
     rows = [] if args.no_baseline else [row(None, args, model, example, data, cfg)]
     rows += [row(s, args, model, example, data, cfg) for s in args.strengths]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "group_sparse.json").write_text(
-        json.dumps({"args": vars(args), "rows": rows}, indent=2)
-    )
+    path = RESULTS / "group_sparse.json"
+    if path.exists():  # a run with other strengths but the same budgets adds its rows
+        old = json.loads(path.read_text())
+        same = all(old["args"].get(k) == getattr(args, k) for k in ("sparse_epochs", "kd_epochs"))
+        if same:
+            mine = {r["method"] for r in rows}
+            rows = [r for r in old["rows"] if r["method"] not in mine] + rows
+    path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     (RESULTS / "group_sparse.md").write_text(markdown(rows, args))
 
 
