@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from graphopt.analysis.shapes import shape_of
 from graphopt.ops import handler_for, module_of
+from graphopt.ops.layers import conv_macs_per_output
 from graphopt.report import LayerChange, ModelStats
 
 
@@ -120,7 +121,5 @@ def chain_macs(modules: list[nn.Module], node: fx.Node) -> int:
             k, s, p, d = m.kernel_size[axis], m.stride[axis], m.padding[axis], m.dilation[axis]
             shape[2 + axis] = (shape[2 + axis] + 2 * p - d * (k - 1) - 1) // s + 1
         shape[1] = m.out_channels
-        total += (
-            math.prod(shape) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        )
+        total += math.prod(shape) * conv_macs_per_output(m)
     return total

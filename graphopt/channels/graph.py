@@ -1,8 +1,8 @@
 """The channel graph: nodes are tensor and parameter dims, edges say "index i here is j there".
 
 A *dim* is one axis of one value (a node's output, or one item of a tuple output) or of one
-parameter/buffer. Op handlers (:mod:`graphopt.ops`) link dims with element maps; connected components of dims are the
-pruning *groups*. Inside a group, elements linked (transitively) to each other form one
+parameter/buffer. Op handlers (:mod:`graphopt.ops`) link dims with element maps; connected
+components of dims are the pruning *groups*. Inside a group, elements linked (transitively) to each other form one
 *channel*: removing that channel removes each of its elements from its dim, so every member
 stays consistent. A group is frozen when any member is frozen, with the reasons kept.
 """

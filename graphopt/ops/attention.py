@@ -3,8 +3,6 @@ FX-wrapped functions of torchvision's Swin Transformer."""
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import fx, nn
 
@@ -12,22 +10,13 @@ from graphopt.analysis.shapes import shape_of
 from graphopt.ops import examples as ex
 from graphopt.ops.base import MacTerm, OpHandler, handles
 from graphopt.ops.context import CouplingContext, SurgeryContext
-from graphopt.ops.dims import Dim, arange, output_dims, value_dim
+from graphopt.ops.dims import Dim, arange, node_arg, numel, output_dims, value_dim
 
 
 def _embed_links(ctx: CouplingContext, stream, weight_rows, embed: int, copies: int) -> None:
     """Stream channel e ↔ rows e, E+e, 2E+e… of a stacked projection weight."""
     for k in range(copies):
         ctx.link(stream, weight_rows, arange(embed), arange(embed) + k * embed)
-
-
-def _numel(node: object) -> int:
-    shape = shape_of(node) if isinstance(node, fx.Node) else None
-    return math.prod(shape) if shape is not None else 0
-
-
-def _arg(node: fx.Node, index: int, name: str) -> object:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
 
 
 class _SelfAttention(nn.Module):
@@ -76,7 +65,9 @@ class MultiheadAttention(OpHandler):
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
         """Projections of q, k, v (E columns each), q·kᵀ and attention·v, the out projection."""
-        query, key, value = (_arg(node, i, n) for i, n in ((0, "query"), (1, "key"), (2, "value")))
+        query, key, value = (
+            node_arg(node, i, n) for i, n in ((0, "query"), (1, "key"), (2, "value"))
+        )
         q, k = shape_of(query), shape_of(key)
         if q is None or k is None:
             return []
@@ -87,11 +78,11 @@ class MultiheadAttention(OpHandler):
         key_length = value_dim(key, seq_axis)
         e = module.embed_dim
         return [
-            (_numel(query) * e, [*output_dims(query), weight_in]),
-            (_numel(key) * e, [*output_dims(key), weight_in]),
-            (_numel(value) * e, [*output_dims(value), weight_in]),
-            (2 * _numel(query) * k[seq_axis], [*output_dims(query), key_length]),
-            (_numel(query) * e, [*out, out_in]),
+            (numel(query) * e, [*output_dims(query), weight_in]),
+            (numel(key) * e, [*output_dims(key), weight_in]),
+            (numel(value) * e, [*output_dims(value), weight_in]),
+            (2 * numel(query) * k[seq_axis], [*output_dims(query), key_length]),
+            (numel(query) * e, [*out, out_in]),
         ]
 
 
@@ -122,14 +113,14 @@ class ScaledDotProductAttention(OpHandler):
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
         """q·kᵀ (per query element, S keys) and attention·v (per output element, S values)."""
-        query, key = _arg(node, 0, "query"), _arg(node, 1, "key")
+        query, key = node_arg(node, 0, "query"), node_arg(node, 1, "key")
         k = shape_of(key)
         if k is None or shape_of(query) is None:
             return []
         length = value_dim(key, len(k) - 2)
         return [
-            (_numel(query) * k[-2], [*output_dims(query), length]),
-            (_numel(node) * k[-2], [*output_dims(node), length]),
+            (numel(query) * k[-2], [*output_dims(query), length]),
+            (numel(node) * k[-2], [*output_dims(node), length]),
         ]
 
 

@@ -28,7 +28,6 @@ from graphopt.ops.dims import Dim
 
 if TYPE_CHECKING:
     from graphopt.ops.context import CouplingContext, SurgeryContext
-    from graphopt.ops.dims import Dim
 
 Example = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 # MACs of one term and the dims whose sizes they are proportional to.

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from graphopt.ops.dims import Dim, meta_items, value_dim
+from graphopt.ops.dims import Dim, meta_items, node_arg, value_dim
 
 if TYPE_CHECKING:
     from graphopt.channels.graph import ChannelGraph
@@ -26,9 +26,7 @@ class CouplingContext:
         return self.gm.get_submodule(self.node.target)
 
     def arg(self, index: int, name: str, default: object = None) -> object:
-        if len(self.node.args) > index:
-            return self.node.args[index]
-        return self.node.kwargs.get(name, default)
+        return node_arg(self.node, index, name, default)
 
     def shape(self, node: object, item: int | None = None) -> tuple[int, ...] | None:
         if not isinstance(node, fx.Node):

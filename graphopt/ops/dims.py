@@ -3,6 +3,7 @@ channel graph links dims; handlers name them in their MAC terms."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,17 @@ def meta_items(node: fx.Node) -> list[tuple[int | None, TensorMetadata]]:
 def is_tuple_value(node: fx.Node) -> bool:
     meta = node.meta.get("tensor_meta")
     return isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata)
+
+
+def numel(node: object) -> int:
+    """Elements of a node's one recorded tensor value (0 when it has none, or a tuple)."""
+    items = meta_items(node) if isinstance(node, fx.Node) else []
+    return math.prod(items[0][1].shape) if len(items) == 1 and items[0][0] is None else 0
+
+
+def node_arg(node: fx.Node, index: int, name: str, default: object = None) -> object:
+    """Argument ``index`` of a call, or its keyword ``name``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 def arange(n: int) -> np.ndarray:

@@ -8,11 +8,10 @@ import numpy as np
 import torch.nn.functional as F
 from torch import fx, nn
 
-from graphopt.analysis.shapes import shape_of
 from graphopt.ops import examples as ex
 from graphopt.ops.base import MacTerm, OpHandler, handles
 from graphopt.ops.context import CouplingContext, SurgeryContext
-from graphopt.ops.dims import Dim, arange, output_dims, value_dim
+from graphopt.ops.dims import Dim, arange, node_arg, numel, output_dims, value_dim
 
 
 def _batch_axes_identity(ctx: CouplingContext, source: fx.Node, upto: int) -> None:
@@ -20,9 +19,9 @@ def _batch_axes_identity(ctx: CouplingContext, source: fx.Node, upto: int) -> No
         ctx.link(ctx.value(source, axis), ctx.out(axis))
 
 
-def _numel(node: fx.Node) -> int:
-    shape = shape_of(node)
-    return math.prod(shape) if shape is not None else 0
+def conv_macs_per_output(conv: nn.Module) -> int:
+    """MACs of one output element of a (grouped) convolution: C_in / groups · Π kernel."""
+    return (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
 
 
 def _weight_dim(node: fx.Node, axis: int) -> Dim:
@@ -71,8 +70,9 @@ class Conv(OpHandler):
         m.in_channels, m.out_channels = new_in, m.weight.shape[0]
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        return [(_numel(node) * per_output, [*output_dims(node), _weight_dim(node, 1)])]
+        return [
+            (numel(node) * conv_macs_per_output(module), [*output_dims(node), _weight_dim(node, 1)])
+        ]
 
 
 @handles(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -102,7 +102,7 @@ class ConvTranspose(OpHandler):
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
         x = node.args[0]
         per_input = (module.out_channels // module.groups) * math.prod(module.kernel_size)
-        return [(_numel(x) * per_input, [*output_dims(x), _weight_dim(node, 1)])]
+        return [(numel(x) * per_input, [*output_dims(x), _weight_dim(node, 1)])]
 
 
 @handles(nn.Linear)
@@ -126,7 +126,7 @@ class Linear(OpHandler):
         m.out_features, m.in_features = m.weight.shape
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return [(_numel(node) * module.in_features, [*output_dims(node), _weight_dim(node, 1)])]
+        return [(numel(node) * module.in_features, [*output_dims(node), _weight_dim(node, 1)])]
 
 
 @handles(F.linear)
@@ -144,11 +144,11 @@ class FunctionalLinear(OpHandler):
             ctx.link(ctx.out(-1), ctx.value(bias, 0))
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        weight = node_arg(node, 1, "weight")
         if not isinstance(weight, fx.Node) or "tensor_meta" not in weight.meta:
             return []
         columns = weight.meta["tensor_meta"].shape[-1]
-        return [(_numel(node) * columns, [*output_dims(node), value_dim(weight, 1)])]
+        return [(numel(node) * columns, [*output_dims(node), value_dim(weight, 1)])]
 
 
 @handles(F.conv1d, F.conv2d, F.conv3d)
@@ -158,8 +158,8 @@ class FunctionalConv(OpHandler):
     examples = (lambda: ex.image(ex.WithWeight(F.conv2d, (6, 8, 3, 3))),)
 
     def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        weight = node_arg(node, 1, "weight")
         if not isinstance(weight, fx.Node) or "tensor_meta" not in weight.meta:
             return []
         per_output = math.prod(weight.meta["tensor_meta"].shape[1:])
-        return [(_numel(node) * per_output, [*output_dims(node), value_dim(weight, 1)])]
+        return [(numel(node) * per_output, [*output_dims(node), value_dim(weight, 1)])]

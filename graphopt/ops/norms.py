@@ -3,22 +3,22 @@ element: the scale-and-shift)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from graphopt.analysis.shapes import shape_of
 from graphopt.ops import examples as ex
 from graphopt.ops.base import MacTerm, OpHandler, handles
 from graphopt.ops.context import CouplingContext, SurgeryContext
-from graphopt.ops.dims import output_dims
+from graphopt.ops.dims import numel, output_dims
 
 
-def _per_output_element(node: fx.Node) -> list[MacTerm]:
-    shape = shape_of(node)
-    return [(math.prod(shape), output_dims(node))] if shape is not None else []
+class PerElement(OpHandler):
+    """A norm's cost: one MAC per output element (the affine scale-and-shift)."""
+
+    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
+        count = numel(node)
+        return [(count, output_dims(node))] if count else []
 
 
 @handles(
@@ -29,7 +29,7 @@ def _per_output_element(node: fx.Node) -> list[MacTerm]:
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
 )
-class BatchNorm(OpHandler):
+class BatchNorm(PerElement):
     """x[:, c] ↔ γ[c] ↔ β[c] ↔ μ[c] ↔ σ²[c]; every axis passes through."""
 
     examples = (
@@ -45,12 +45,9 @@ class BatchNorm(OpHandler):
     def update(self, ctx: SurgeryContext, node: fx.Node) -> None:
         ctx.module(node).num_features = ctx.new_shape(node)[1]
 
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
-
 
 @handles(nn.GroupNorm)
-class GroupNorm(OpHandler):
+class GroupNorm(PerElement):
     """Like BatchNorm, and every group must lose the same number of channels."""
 
     examples = (lambda: ex.image(nn.GroupNorm(2, 8)),)
@@ -64,12 +61,9 @@ class GroupNorm(OpHandler):
     def update(self, ctx: SurgeryContext, node: fx.Node) -> None:
         ctx.module(node).num_channels = ctx.new_shape(node)[1]
 
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
-
 
 @handles(nn.LayerNorm)
-class LayerNorm(OpHandler):
+class LayerNorm(PerElement):
     """The normalised trailing axes ↔ γ, β; every axis passes through."""
 
     examples = (lambda: ex.tokens(nn.LayerNorm(8)),)
@@ -86,9 +80,6 @@ class LayerNorm(OpHandler):
         m = ctx.module(node)
         m.normalized_shape = ctx.new_shape(node)[-len(m.normalized_shape) :]
 
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
-
 
 class _AffineLayerNorm(nn.Module):
     """F.layer_norm with a literal normalised shape and parameters read through get_attr."""
@@ -104,7 +95,7 @@ class _AffineLayerNorm(nn.Module):
 
 
 @handles(F.layer_norm)
-class FunctionalLayerNorm(OpHandler):
+class FunctionalLayerNorm(PerElement):
     """F.layer_norm(x, shape, γ, β): the normalised trailing axes ↔ γ, β."""
 
     examples = (lambda: ex.tokens(_AffineLayerNorm(8)),)
@@ -122,28 +113,19 @@ class FunctionalLayerNorm(OpHandler):
         k = len(node.args[1])
         node.args = (node.args[0], list(ctx.new_shape(node)[-k:]), *node.args[2:])
 
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
-
 
 @handles(F.batch_norm, F.group_norm, F.instance_norm)
-class FunctionalNorm(OpHandler):
+class FunctionalNorm(PerElement):
     """Other functional norms: counted, never pruned (every dim they touch is frozen)."""
 
     examples = (lambda: ex.image(lambda x: F.group_norm(x, 2)),)
 
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
-
 
 @handles(nn.LocalResponseNorm)
-class LocalResponseNorm(OpHandler):
+class LocalResponseNorm(PerElement):
     """Normalises across neighbouring channels: counted, never pruned."""
 
     examples = (lambda: ex.image(nn.LocalResponseNorm(3)),)
-
-    def mac_terms(self, node: fx.Node, module: nn.Module | None) -> list[MacTerm]:
-        return _per_output_element(node)
 
 
 @handles(nn.PReLU)

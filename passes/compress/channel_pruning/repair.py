@@ -39,14 +39,18 @@ def try_prune(gm: fx.GraphModule, removed, ctx: PassContext):
     return candidate, None
 
 
+def _node_named(gm: fx.GraphModule, name: str | None) -> fx.Node | None:
+    return next((n for n in gm.graph.nodes if n.name == name), None)
+
+
 def location_of(gm: fx.GraphModule, name: str | None) -> str | None:
-    node = next((n for n in gm.graph.nodes if n.name == name), None)
+    node = _node_named(gm, name)
     return source_location(node) if node is not None else None
 
 
 def groups_at(node_name: str | None, gm: fx.GraphModule, plans, selection) -> list[GroupPlan]:
     """The thinned groups with a dim on the failing node or on its inputs."""
-    node = next((n for n in gm.graph.nodes if n.name == node_name), None)
+    node = _node_named(gm, node_name)
     if node is None:
         return []
     nearby = [node, *tensor_ancestors(node)]
