@@ -20,7 +20,7 @@ from graphopt.compiler.measure.baseline import Baseline, validate_baseline
 from graphopt.compiler.targets import resolve_target
 from graphopt.compiler.tune.tuning import Tuning
 from graphopt.errors import ConfigError
-from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture_with_outputs
+from graphopt.frontend.fx import ExampleInputs, as_input_tuple, capture
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager, PassObserver, check_data
 from graphopt.report import OptimizeReport
@@ -78,7 +78,8 @@ def optimize(
     check_data(manager.passes, calibration_data, training_data)
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
-    gm, reference = _as_graph(model, inputs, leaf_modules, leaf_types)
+    gm = _as_graph(model, inputs, leaf_modules, leaf_types)
+    reference = propagate_shapes(gm, inputs)  # capture's run, not repeated (same graph, inputs)
     before = model_stats(gm)
     ctx = PassContext(
         example_inputs=inputs,
@@ -88,7 +89,7 @@ def optimize(
         seed=seed,
         original=None
         if original is None
-        else _as_graph(original, inputs, leaf_modules, leaf_types)[0],
+        else _as_graph(original, inputs, leaf_modules, leaf_types),
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -109,10 +110,9 @@ def optimize(
     return OptimizeResult(model=result, report=report, artifact=artifact)
 
 
-def _as_graph(model, inputs, leaf_modules, leaf_types) -> tuple[fx.GraphModule, object]:
-    """The graph to rewrite and its outputs on ``inputs`` (from the run recording shapes)."""
+def _as_graph(model, inputs, leaf_modules, leaf_types) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         gm = copy.deepcopy(model)
         gm.meta["capture_route"] = "graph"
-        return gm, propagate_shapes(gm, inputs)
-    return capture_with_outputs(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)
+        return gm
+    return capture(model, inputs, leaf_modules=leaf_modules, leaf_types=leaf_types)

@@ -47,20 +47,6 @@ def capture(
     is omitted). The model is deep-copied first, so the IR never shares parameters or
     submodules with the caller's model: rewriting the IR cannot change the model it came from.
     """
-    return capture_with_outputs(
-        model, example_inputs, leaf_modules=leaf_modules, leaf_types=leaf_types
-    )[0]
-
-
-def capture_with_outputs(
-    model: nn.Module | str | Path,
-    example_inputs: ExampleInputs | None = None,
-    *,
-    leaf_modules: Iterable[str] = (),
-    leaf_types: Iterable[type[nn.Module]] = (),
-) -> tuple[fx.GraphModule, object]:
-    """:func:`capture`, and the graph's outputs on the example inputs from the run that
-    recorded the shapes (so a caller that needs them does not run the graph again)."""
     if isinstance(model, str | Path):
         return _capture_onnx(Path(model), example_inputs, leaf_modules, leaf_types)
     if not isinstance(model, nn.Module):
@@ -77,7 +63,8 @@ def capture_with_outputs(
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         gm = _trace(model, tracer, inputs, leaf_modules, leaf_types)
         _refuse_mutated_buffers(model, buffers)
-    return gm, propagate_shapes(gm, inputs)
+    propagate_shapes(gm, inputs)
+    return gm
 
 
 def _refuse_mutated_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
@@ -179,7 +166,7 @@ def _unfed_defaults(model: nn.Module, num_inputs: int) -> dict:
     }
 
 
-def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types):
+def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types) -> fx.GraphModule:
     from graphopt.frontend import onnx
 
     if path.suffix.lower() != ".onnx" or not path.is_file():
@@ -189,11 +176,11 @@ def _capture_onnx(path: Path, example_inputs, leaf_modules, leaf_types):
         inputs = onnx.example_inputs_for(proto, path)
     else:
         inputs = as_input_tuple(example_inputs)
-    gm, outputs = capture_with_outputs(
+    gm = capture(
         onnx.to_module(proto, path), inputs, leaf_modules=leaf_modules, leaf_types=leaf_types
     )
     onnx.check_against_onnxruntime(path, gm, inputs)
-    return gm, outputs
+    return gm
 
 
 def _single_leaf_graph(leaf: nn.Module, num_inputs: int) -> fx.GraphModule:

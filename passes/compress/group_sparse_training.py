@@ -124,13 +124,11 @@ class GroupNormPenalty:
         """Per group, each channel's ‖θ_c‖₂ (differentiable)."""
         found = []
         for size, members in zip(self.sizes, self.members, strict=True):
-            squares = None
+            squares = torch.zeros(size)
             for param, axis, labels in members:
                 others = [a for a in range(param.dim()) if a != axis]
                 per_element = param.pow(2).sum(dim=others) if others else param.pow(2)
-                zero = per_element.new_zeros(size)
-                added = zero.index_add(0, labels, per_element)
-                squares = added if squares is None else squares + added
+                squares = squares.index_add(0, labels, per_element)
             found.append(squares.clamp_min(1e-24).sqrt())
         return found
 

@@ -46,3 +46,17 @@ def test_other_inputs_or_code_run_again():
     relu.replace_all_uses_with(doubled, delete_user_cb=lambda user: user is not doubled)
     gm.recompile()
     assert torch.equal(propagate_shapes(gm, (x,)), 2 * changed)
+
+
+def test_optimize_runs_the_captured_graph_once_before_the_passes():
+    """The reference outputs come from capture's shape run, not from a second run."""
+    calls = []
+
+    class Counted(nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x * 2
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Counted()).eval()
+    graphopt.optimize(model, torch.randn(1, 3, 8, 8), [], leaf_types=[Counted])
+    assert len(calls) == 1
