@@ -18,11 +18,18 @@ echo "$DEV_SITE" > "$SITE/dev-dependencies.pth"
 "$DEV/bin/python" -m pip install -q --no-deps --no-compile --target "$SITE" "$WORK"/dist/*.whl
 cd "$WORK"
 PY="$WORK/venv/bin/python"
+# Every package of the source tree must come from the wheel (a moved or new sub-package that the
+# packaging misses fails here, not on a user's machine).
+(cd "$ROOT" && git ls-files -co --exclude-standard -- 'graphopt/**__init__.py' 'passes/**__init__.py' 'graphopt/__init__.py' 'passes/__init__.py') \
+  | sed -e 's#/__init__.py$##' -e 's#^passes#graphopt/passes#' -e 's#/#.#g' | sort -u > packages.txt
 "$PY" - <<'PY'
-import graphopt, graphopt.passes, graphopt.compiler.schedules, sys
-for module in (graphopt, graphopt.passes, graphopt.compiler.schedules):
+import importlib
+names = open("packages.txt").read().split()
+assert "graphopt.passes" in names and len(names) > 10, names
+for name in names:
+    module = importlib.import_module(name)
     assert "/venv/" in module.__file__ and "/src/" not in module.__file__, module.__file__
-print("wheel import ok:", graphopt.__file__)
+print(f"wheel import ok: {len(names)} packages from", importlib.import_module("graphopt").__file__)
 PY
 "$PY" -m graphopt.cli passes > passes.txt
 grep -q channel_pruning passes.txt
