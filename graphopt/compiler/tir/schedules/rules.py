@@ -15,6 +15,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from graphopt.compiler.tir.schedules import TILE_ATTR, prefetch
+from graphopt.compiler.tir.schedules.rows import schedule_rows
 from graphopt.compiler.tir.schedules.tiles import (
     PACK,
     Tile,
@@ -320,18 +321,15 @@ _MIN_PARALLEL = 16  # outer iterations that keep the threads busy
 
 
 class RowReductionRule(ScheduleRule):
-    """Reductions along rows with injective steps between them (softmax: max → exp → sum →
-    divide; LayerNorm: mean and variance → normalise) → one parallel loop over the rows, each
-    step vectorised inside it. TVM's ``dlight.cpu.Reduction`` rule does the scheduling; a
-    kernel with one reduction and no such steps is :class:`ReductionRule`'s."""
+    """Reductions along rows with injective steps between them (softmax, LayerNorm) → one
+    parallel loop over the rows, reductions as vector partials (:mod:`.rows`); a kernel with
+    one reduction and no such steps is :class:`ReductionRule`'s."""
 
     def apply(self, func, target, tunable):
-        from tvm.s_tir.dlight.cpu import Reduction
-
         if target.kind.name != "llvm" or not isinstance(func, tirx.PrimFunc):
             return None
         try:
-            return Reduction().apply(func, target, tunable)
+            return schedule_rows(func, lanes(target))
         except DECLINED:
             return None
 
