@@ -136,3 +136,34 @@ def test_a_layer_with_a_folded_batch_norm_is_declined_not_refit():
     report = result.report.passes[1]
     assert not report.modified
     assert [(d.target, "'1' was folded" in d.reason) for d in report.declined] == [("0", True)]
+
+
+def test_a_refit_that_cannot_lower_the_held_out_error_is_declined_and_the_layer_kept():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 96), nn.ReLU(), nn.Linear(96, 4)).eval()
+    with torch.no_grad():  # half the hidden units dead: pruning them changes no output
+        model[0].weight[::2] = 0.0
+        model[0].bias[::2] = -1.0
+    calibration = [torch.randn(64, 8) for _ in range(2)]
+    prune = ChannelPruning(channel_ratio=0.5, include=["0"])
+    pruned = graphopt.optimize(model, calibration[0], [prune]).model
+    assert pruned.get_submodule("2").in_features == 48
+    result = graphopt.optimize(
+        model, calibration[0], [prune, LayerwiseReconstruction()], calibration_data=calibration
+    )
+    report = result.report.passes[1]
+    assert report.touched == []
+    (declined,) = [d for d in report.declined if d.target == "2"]
+    assert "does not lower the error on held-out rows" in declined.reason, declined.reason
+    assert torch.equal(result.model.get_submodule("2").weight, pruned.get_submodule("2").weight)
+
+
+def test_auto_ridge_is_chosen_on_held_out_rows_and_reported():
+    model = toy()
+    calibration = [torch.randn(16, 3, 6, 6) for _ in range(4)]
+    steps = [ChannelPruning(channel_ratio=0.5, include=["0"]), LayerwiseReconstruction()]
+    result = graphopt.optimize(model, calibration[0], steps, calibration_data=calibration)
+    (note,) = result.report.passes[1].notes
+    assert "held-out rows" in note and "λ" in note
+    fixed = LayerwiseReconstruction(ridge=0.5)
+    assert fixed.ridge == 0.5 and LayerwiseReconstruction().ridge == "auto"
