@@ -28,6 +28,7 @@ _TORCH_EXTRAS = frozenset({  # tensor factories (not overridable) and FX's asser
     "arange", "zeros", "ones", "full", "empty", "eye", "tensor", "linspace", "logspace",
     "randn", "rand", "randint", "randperm", "zeros_like", "ones_like", "full_like",
     "empty_like", "rand_like", "randn_like", "scalar_tensor", "_assert",
+    "finfo", "iinfo",  # dtype limits (masks: transformers writes torch.finfo(dtype).min)
 })
 # fmt: on
 _NAMESPACES = {

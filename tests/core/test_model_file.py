@@ -204,3 +204,19 @@ def test_a_tied_weight_is_stored_once_and_comes_back_tied(tmp_path):
     ) + len(list(gm.buffers()))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), gm(x), rtol=0, atol=0)
+
+
+def test_dtype_limits_load_without_trust(tmp_path):
+    # attention masking as transformers' tracer records it: the dtype's most negative value
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    dtype = graph.call_function(getattr, (x, "dtype"))
+    lowest = graph.call_function(getattr, (graph.call_function(torch.finfo, (dtype,)), "min"))
+    negative = graph.call_function(torch.lt, (x, 0))
+    graph.output(graph.call_method("masked_fill", (x, negative, lowest)))
+    gm = fx.GraphModule(nn.Module(), graph)
+    save_model(gm, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(loaded(x), gm(x))
+    assert float(loaded(x).min()) == torch.finfo(torch.float32).min
