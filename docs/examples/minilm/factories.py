@@ -7,6 +7,7 @@ agreement figure. Nothing is downloaded at run time."""
 from __future__ import annotations
 
 import os
+import random
 from functools import cache
 from pathlib import Path
 
@@ -33,9 +34,9 @@ def sentences() -> list[str]:
     return [s for s in (HERE / "sentences.txt").read_text().splitlines() if s.strip()]
 
 
-def tokens(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def tokens(batch: list[str], padding: str = "max_length") -> tuple[torch.Tensor, torch.Tensor]:
     encoded = _loaded()[1](
-        batch, padding="max_length", truncation=True, max_length=SEQUENCE, return_tensors="pt"
+        batch, padding=padding, truncation=True, max_length=SEQUENCE, return_tensors="pt"
     )
     return encoded["input_ids"], encoded["attention_mask"]
 
@@ -56,10 +57,17 @@ def model() -> torch.fx.GraphModule:
     return gm
 
 
-def calibration(batch: int = 16) -> list:
-    """Batches of ``((input_ids, attention_mask), None)`` from the calibration sentences."""
+def calibration(batch: int = 32) -> list:
+    """Batches of ``((input_ids, attention_mask), None)`` from the calibration sentences,
+    sorted by length and padded per batch: padded to 128 tokens, 90 % of the rows were padding,
+    and the whitened factorisation fit them (held-out cosine 0.864 → 0.890 without). Prose
+    from another domain (Python's reference manual, 1,200 sentences) lowered it to 0.813."""
     texts = sentences()[:CALIBRATION]
-    return [(tokens(texts[i : i + batch]), None) for i in range(0, len(texts), batch)]
+    lengths = _loaded()[1](texts, truncation=True, max_length=SEQUENCE)["input_ids"]
+    texts = [t for _, t in sorted(zip(map(len, lengths), texts, strict=True))]
+    batches = [(tokens(texts[i : i + batch], "longest"), None) for i in range(0, len(texts), batch)]
+    random.Random(0).shuffle(batches)  # a pass using the first few batches sees all lengths
+    return batches
 
 
 def held_out() -> list[str]:
