@@ -11,7 +11,8 @@ compiled, timed against PyTorch eager and ONNX Runtime, and checked against the 
 3. Quality: the cosine between the original's and the compressed model's sentence embeddings
    on held-out sentences (and, with --sts when ../shared/data has STS-B, Spearman × 100).
 
-Prints one table and writes demo.json / demo.md beside the other outputs.
+Prints one table and writes demo.json / demo.md beside the other outputs; exits non-zero when
+the artifact disagrees with its model or the held-out cosine falls below 0.85 (CI runs it).
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def main() -> None:
     (out / "demo.md").write_text(markdown(document))
     _print(document)
     print(f"wrote the model, report.json, artifact/, original_artifact/ and demo.md to {out}")
+    _check(quality)
+
+
+# The committed run's agreement is 0.890; below this the recipe or a pass regressed.
+MIN_COSINE = 0.85
+
+
+def _check(quality: dict) -> None:
+    """Exit non-zero (CI runs the demo) when the artifact disagrees with the compressed model
+    it was compiled from, or the compressed model with the original."""
+    eager, artifact = quality["cosine_eager_vs_original"], quality["cosine_artifact_vs_original"]
+    if abs(eager - artifact) > 1e-3:
+        sys.exit(f"the artifact's embeddings differ from its model's: cosine {artifact} vs {eager}")
+    if eager < MIN_COSINE:
+        sys.exit(f"held-out cosine {eager:.4f} is below {MIN_COSINE}: the compression regressed")
 
 
 def _measure(model, artifact, onnx_path: Path, example) -> dict:
