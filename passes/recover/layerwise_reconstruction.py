@@ -49,14 +49,27 @@ class LayerwiseReconstruction(Pass):
         description="Most (input, output) rows per layer, sampled evenly across batches (seeded).",
     )
 
+    sequential: bool = Field(
+        default=False,
+        description="Fit the layers one after the other, each on the inputs of the model with "
+        "the earlier ones already refit (two passes over the data per layer); otherwise all "
+        "from one pass, on the inputs before any refit. Measured: better on stacked MLPs and "
+        "MiniLM's FFNs, worse on CIFAR ResNet-56 at 2× (88.60 → 85.94 % top-1 after BN "
+        "recalibration: each refit also absorbs the calibration set's quirks upstream).",
+    )
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if ctx.calibration_data is None or ctx.original is None:
             raise ConfigError(f"{self.name} needs calibration data and the original graph")
         batches = first_inputs(ctx.calibration_data, self.batches)
         targets, declined = self._targets(gm, ctx.original)
-        statistics = self._statistics(gm, ctx.original, targets, batches) if targets else {}
+        statistics = {}
+        if targets and not self.sequential:
+            statistics = self._statistics(gm, ctx.original, targets, batches)
         notes, touched = [], []
         for name in targets:
+            if self.sequential:
+                statistics = self._statistics(gm, ctx.original, {name: targets[name]}, batches)
             fit, held_out = statistics[name]
             refit = self._refit(name, gm.get_submodule(name), fit, held_out)
             if isinstance(refit, Decline):

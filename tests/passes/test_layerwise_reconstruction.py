@@ -167,3 +167,23 @@ def test_auto_ridge_is_chosen_on_held_out_rows_and_reported():
     assert "held-out rows" in note and "λ" in note
     fixed = LayerwiseReconstruction(ridge=0.5)
     assert fixed.ridge == 0.5 and LayerwiseReconstruction().ridge == "auto"
+
+
+def test_sequential_fits_each_layer_on_the_inputs_the_earlier_refits_left():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16),
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8),
+    ).eval()  # fmt: skip
+    calibration = [torch.randn(256, 16) for _ in range(4)]
+    prune = ChannelPruning(channel_ratio=0.5, include=["0", "3"], scope="uniform")
+    test = torch.randn(2048, 16)
+    want = model(test)
+    errors = {}
+    for sequential in (False, True):
+        steps = [prune, LayerwiseReconstruction(sequential=sequential)]
+        result = graphopt.optimize(model, test[:1], steps, calibration_data=calibration)
+        assert result.report.passes[1].touched == ["2", "5"]
+        errors[sequential] = float((result.model(test) - want).norm() / want.norm())
+    # "5" refit on inputs "2"'s refit already corrected: measured 0.67 → 0.18 on this model
+    assert errors[True] < 0.5 * errors[False], errors
