@@ -40,7 +40,9 @@ class LayerwiseReconstruction(Pass):
     ridge: Annotated[float, Field(ge=0, le=10)] | Literal["auto"] = Field(
         default="auto",
         description="λ, relative to the mean of diag(XᵀX); auto: the grid value with the "
-        "least error on the held-out rows.",
+        "least error on the held-out rows (MiniLM, 1.3k rows for 1.2k unknowns: held-out "
+        "cosine 0.19 with 1e-3, 0.51 auto; CIFAR ResNet-56 at 2×, 512 images: 88.77 % with "
+        "1e-3, 88.60 % auto).",
     )
     batches: int = Field(default=8, ge=1, description="Most calibration batches used.")
     max_rows: int = Field(
