@@ -9,6 +9,8 @@ from graphopt.passes.canonicalize.remove_identity import RemoveIdentity
 from graphopt.passes.compress.channel_pruning.pruner import ChannelPruning
 from graphopt.passes.compress.depthwise_substitution import DepthwiseSubstitution
 from graphopt.passes.compress.group_sparse_training import GroupSparseTraining
+from graphopt.passes.compress.iterative_pruning import IterativePruning
+from graphopt.passes.compress.l0_gates import L0Gates
 from graphopt.passes.compress.low_rank import LowRankFactorization
 from graphopt.passes.compress.net2net_shrink import Net2NetShrink
 from graphopt.passes.grow.net2net_deepen import Net2NetDeepen
@@ -24,7 +26,9 @@ BUILTIN_PASSES = (
     EliminateDeadCode,
     FoldBatchNorm,
     GroupSparseTraining,
+    IterativePruning,
     KnowledgeDistillation,
+    L0Gates,
     LayerwiseReconstruction,
     LowRankFactorization,
     Net2NetDeepen,
@@ -41,7 +45,9 @@ __all__ = [
     "EliminateDeadCode",
     "FoldBatchNorm",
     "GroupSparseTraining",
+    "IterativePruning",
     "KnowledgeDistillation",
+    "L0Gates",
     "LayerwiseReconstruction",
     "LowRankFactorization",
     "Net2NetDeepen",

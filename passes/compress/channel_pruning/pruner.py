@@ -132,6 +132,12 @@ class ChannelPruning(Pass):
         return PassResult(gm, bool(touched), report)
 
     def _once(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        return self.cut(gm, ctx)[0]
+
+    def cut(self, gm: fx.GraphModule, ctx: PassContext):
+        """One round: the result and the removed elements per dim (which
+        :func:`~graphopt.passes.compress.channel_pruning.repair.try_prune` can apply to another
+        graph of the same structure, e.g. a rewound copy)."""
         groups = find_groups(build_channel_graph(gm))
         plans, declined = self.plans(gm, groups)
         scores, notes = self._scores(gm, plans, ctx)
@@ -173,7 +179,7 @@ class ChannelPruning(Pass):
             params_reduction=1 - after.params / before.params if before.params else 0.0,
             channels_removed=float(sum(len(c) for c in selection.values())),
         )
-        return PassResult(pruned, bool(touched), report)
+        return PassResult(pruned, bool(touched), report), removed
 
     def plans(self, gm, groups: list[ChannelGroup]) -> tuple[list[GroupPlan], list[Decline]]:
         """The groups this configuration may thin (with caps), and the declines of the rest."""
