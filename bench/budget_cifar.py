@@ -26,6 +26,7 @@ Writes bench/results/budget_cifar.{json,md,png}; the arms' rows are kept in benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -60,17 +61,13 @@ class Clock:
     def now(self) -> float:
         return self.spent + time.process_time() - self._since
 
+    @contextlib.contextmanager
     def paused(self):
-        clock = self
-
-        class _Pause:
-            def __enter__(self):
-                clock.spent += time.process_time() - clock._since
-
-            def __exit__(self, *exc):
-                clock._since = time.process_time()
-
-        return _Pause()
+        self.spent += time.process_time() - self._since
+        try:
+            yield
+        finally:
+            self._since = time.process_time()
 
 
 def _distillation(steps: int, progress: bool):
@@ -90,13 +87,17 @@ def _step_seconds(model, original, example, data) -> float:
     """CPU seconds per distillation step of this model (a probe on a copy)."""
     start = time.process_time()
     e2e._recovered(
-        copy.deepcopy(model), [_distillation(PROBE_STEPS, False)], original, example, data,
+        copy.deepcopy(model),
+        [_distillation(PROBE_STEPS, False)],
+        original,
+        example,
+        data,
         training_data=data["training"],
     )
     return (time.process_time() - start) / PROBE_STEPS
 
 
-def graphopt_cut(ratio, original, example, data, clock):
+def graphopt_cut(ratio, original, example, data, clock, budget):
     import graphopt
     from graphopt.passes import ChannelPruning
 
@@ -107,7 +108,7 @@ def graphopt_cut(ratio, original, example, data, clock):
     return result.model, {}
 
 
-def tp_l1_cut(ratio, original, example, data, clock):
+def tp_l1_cut(ratio, original, example, data, clock, budget):
     return e2e.torch_pruning(original, example, 1 - 1 / ratio, 8, 400), {}
 
 
@@ -117,7 +118,17 @@ def tp_sparse_cut(ratio, original, example, data, clock, budget):
 
     model = copy.deepcopy(original).train()
     teacher = copy.deepcopy(original).eval()
-    pruner = _group_norm_pruner(model, example, steps=400)
+    pruner = tp.pruner.GroupNormPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        reg=5e-4,
+        global_pruning=True,
+        pruning_ratio=0.95,
+        iterative_steps=400,
+        ignored_layers=e2e.stream_modules(model),
+        round_to=8,
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     share, steps, start = SPARSE_SHARE * budget, 0, clock.now()
     while clock.now() - start < share:
@@ -125,8 +136,9 @@ def tp_sparse_cut(ratio, original, example, data, clock, budget):
             logits = model(x)
             with torch.no_grad():
                 target = F.log_softmax(teacher(x) / 4.0, dim=-1)
-            kd = F.kl_div(F.log_softmax(logits / 4.0, -1), target, reduction="batchmean",
-                          log_target=True)
+            kd = F.kl_div(
+                F.log_softmax(logits / 4.0, -1), target, reduction="batchmean", log_target=True
+            )
             loss = 16.0 * kd + F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,28 +147,13 @@ def tp_sparse_cut(ratio, original, example, data, clock, budget):
             steps += 1
             if clock.now() - start >= share:
                 break
-    model.eval()
-    base, _ = tp.utils.count_ops_and_params(model, example)
-    for _ in range(400):
-        pruner.step()
-        macs, _ = tp.utils.count_ops_and_params(model, example)
-        if macs <= base / ratio:
-            break
+    model.eval()  # the MAC counts run the model: BN statistics must not move
+    e2e.step_to_macs(pruner, model, example, 1 - 1 / ratio, 400)
     epochs = steps / len(data["training"])
     return model, {"sparse_steps": steps, "sparse_epochs": round(epochs, 2)}
 
 
-def _group_norm_pruner(model, example, steps):
-    import torch_pruning as tp
-
-    ignored = [model.conv1, model.linear] + [
-        b.conv2 for s in (model.layer1, model.layer2, model.layer3) for b in s
-    ]
-    return tp.pruner.GroupNormPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), reg=5e-4,
-        global_pruning=True, pruning_ratio=0.95, iterative_steps=steps,
-        ignored_layers=ignored, round_to=8,
-    )
+CUTS = {"graphopt": graphopt_cut, "tp-l1": tp_l1_cut, "tp-sparse": tp_sparse_cut}
 
 
 def run_arm(arm: str, ratio: float, budget: float, progress: bool, test_limit=None) -> dict:
@@ -172,12 +169,7 @@ def run_arm(arm: str, ratio: float, budget: float, progress: bool, test_limit=No
     x, y = data["test"]
     xv, yv = data["validation"]
     clock = Clock()
-    if arm == "tp-sparse":
-        cut, extra = tp_sparse_cut(ratio, original, example, data, clock, budget)
-    else:
-        cut, extra = {"graphopt": graphopt_cut, "tp-l1": tp_l1_cut}[arm](
-            ratio, original, example, data, clock
-        )
+    cut, extra = CUTS[arm](ratio, original, example, data, clock, budget)
     seconds = {"cut": clock.now()}
     with clock.paused():
         top = {"one-shot": top1(cut, x, y)}
@@ -194,8 +186,13 @@ def run_arm(arm: str, ratio: float, budget: float, progress: bool, test_limit=No
     final = rebuilt
     if steps:
         final = e2e._recovered(
-            rebuilt, [_distillation(steps, progress)], original, example, data,
-            training_data=data["training"], validation=lambda m: top1(m, xv, yv),
+            rebuilt,
+            [_distillation(steps, progress)],
+            original,
+            example,
+            data,
+            training_data=data["training"],
+            validation=lambda m: top1(m, xv, yv),
         )
     seconds["distillation"] = clock.now() - before
     seconds["total"] = clock.now()
@@ -204,10 +201,17 @@ def run_arm(arm: str, ratio: float, budget: float, progress: bool, test_limit=No
     stats = model_stats(capture(final, example))
     base = model_stats(capture(original, example))
     return {
-        "arm": arm, "ratio": ratio, "budget_s": budget, "macs_ratio": base.macs / stats.macs,
-        "params": stats.params, "top1": top, "distillation_steps": steps,
+        "arm": arm,
+        "ratio": ratio,
+        "budget_s": budget,
+        "macs_ratio": base.macs / stats.macs,
+        "params": stats.params,
+        "top1": top,
+        "distillation_steps": steps,
         "distillation_epochs": round(steps / len(data["training"]), 2),
-        "step_seconds": per_step, "cpu_seconds": seconds, **extra,
+        "step_seconds": per_step,
+        "cpu_seconds": seconds,
+        **extra,
     }
 
 
@@ -219,8 +223,17 @@ def run_all(arms, ratios, budget, parallel: int) -> None:
     while todo or running:
         while todo and len(running) < parallel:
             arm, ratio = todo.pop(0)
-            cmd = [sys.executable, __file__, "--arm", arm, "--ratio", str(ratio),
-                   "--budget", str(budget), "--no-progress"]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--arm",
+                arm,
+                "--ratio",
+                str(ratio),
+                "--budget",
+                str(budget),
+                "--no-progress",
+            ]
             running.append(subprocess.Popen(cmd))
         time.sleep(5)
         for p in [p for p in running if p.poll() is not None]:
@@ -276,8 +289,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for arm in ARMS:
         mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["macs_ratio"])
         if mine:
-            ax.plot([r["macs_ratio"] for r in mine], [r["top1"]["+ distillation"] for r in mine],
-                    "o-", label=arm)
+            ax.plot(
+                [r["macs_ratio"] for r in mine],
+                [r["top1"]["+ distillation"] for r in mine],
+                "o-",
+                label=arm,
+            )
     ax.axhline(93.39, color="grey", ls="--", label="dense")
     ax.set_xlabel("MACs ÷ (ResNet-56)")
     ax.set_ylabel("top-1 % after the budget")

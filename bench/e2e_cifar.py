@@ -147,10 +147,6 @@ def torch_pruning(model: nn.Module, example, ratio: float, round_to: int, steps:
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
-    ignored = [model.conv1, model.linear] + [
-        b.conv2 for s in (model.layer1, model.layer2, model.layer3) for b in s
-    ]
-    base, _ = tp.utils.count_ops_and_params(model, example)
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -158,9 +154,24 @@ def torch_pruning(model: nn.Module, example, ratio: float, round_to: int, steps:
         global_pruning=True,
         pruning_ratio=0.95,
         iterative_steps=steps,
-        ignored_layers=ignored,
+        ignored_layers=stream_modules(model),
         round_to=round_to,
     )
+    return step_to_macs(pruner, model, example, ratio, steps)
+
+
+def stream_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of STREAM (tied by the zero-padded shortcuts), for Torch-Pruning to ignore."""
+    return [model.conv1, model.linear] + [
+        b.conv2 for s in (model.layer1, model.layer2, model.layer3) for b in s
+    ]
+
+
+def step_to_macs(pruner, model: nn.Module, example, ratio: float, steps: int) -> nn.Module:
+    """Step a Torch-Pruning pruner until ``ratio`` of the MACs are gone (or ``steps`` run)."""
+    import torch_pruning as tp
+
+    base, _ = tp.utils.count_ops_and_params(model, example)
     for _ in range(steps):
         pruner.step()
         macs, _ = tp.utils.count_ops_and_params(model, example)

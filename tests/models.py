@@ -108,3 +108,27 @@ def conv_bn_model() -> nn.Module:
     """Factory used by recipe tests (``tests.models:conv_bn_model``)."""
     torch.manual_seed(0)
     return randomize_batch_norm(nn.Sequential(ConvBnRelu(3, 8), ResidualBlock(8))).eval()
+
+
+def small_classifier(width: int = 8) -> nn.Module:
+    """(conv 3×3 → BN → ReLU) × 2 → pool → linear to 4 classes, seeded: the toy model of the
+    training-time pruning tests (two prunable groups of ``width`` channels)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 4),
+    ).eval()
+
+
+def labelled_batches(n: int = 32, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded random (6×6 image, label of 4) batches for ``small_classifier``."""
+    torch.manual_seed(1)
+    x, y = torch.randn(n, 3, 6, 6), torch.randint(0, 4, (n,))
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]

@@ -18,17 +18,16 @@ import torch
 from pydantic import Field
 from torch import fx
 
-from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
-from graphopt.errors import ConfigError
-from graphopt.pass_base import TRAINING, Pass, PassContext, PassResult
-from graphopt.passes.compress.channel_pruning import ChannelPruning
-from graphopt.passes.recover.knowledge_distillation import KnowledgeDistillation, Trainer
+from graphopt.channels import ChannelGroup
+from graphopt.pass_base import PassContext, PassResult
+from graphopt.passes.compress.train_then_cut import TrainThenCut, channel_members
+from graphopt.passes.recover.knowledge_distillation import KnowledgeDistillation
 
 # A channel whose norm is below this fraction of its group's mean counts as driven to zero.
 ZERO = 1e-2
 
 
-class GroupSparseTraining(Pass):
+class GroupSparseTraining(TrainThenCut):
     """Train with a group-norm penalty over every coupled channel, then prune to the target.
 
     ``training`` is the loop (a :class:`KnowledgeDistillation` configuration: steps or epochs,
@@ -42,7 +41,6 @@ class GroupSparseTraining(Pass):
 
     name: ClassVar[str] = "group_sparse_training"
     exact: ClassVar[bool] = False
-    requires_data: ClassVar[frozenset[str]] = frozenset({TRAINING})
 
     strength: Annotated[float, Field(ge=0, le=10)] = Field(
         default=5e-4,
@@ -54,50 +52,19 @@ class GroupSparseTraining(Pass):
         ),
         description="The training loop and its loss (a knowledge_distillation configuration).",
     )
-    pruning: ChannelPruning = Field(
-        default_factory=lambda: ChannelPruning(ratio=0.5, importance="l2"),
-        description="The cut after training (a channel_pruning configuration).",
-    )
-
-    def data_needs(self) -> frozenset[str]:
-        return self.requires_data | self.pruning.data_needs()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        data = ctx.training_data
-        if data is None:
-            raise ConfigError(f"{self.name} needs training data: optimize(..., training_data=...)")
-        groups = [p.group for p in self.pruning.plans(gm, find_groups(build_channel_graph(gm)))[0]]
-        if not groups:
-            raise ConfigError(f"{self.name}: no channel group of the graph may be pruned")
-        penalty = GroupNormPenalty(gm, groups)
+        penalty = GroupNormPenalty(gm, self.prunable_groups(gm, ctx))
         before = penalty.value()
-        seed = ctx.seed if self.training.seed is None else self.training.seed
-        steps = self.training.total_steps(data)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            trainer = Trainer(
-                self.training,
-                gm,
-                ctx.original,
-                [],
-                None,
-                penalty=lambda: self.strength * penalty(),
-            )
-            trainer.train(data, steps)
+        trainer, steps = self.train(gm, ctx, lambda: self.strength * penalty())
         after, zero = penalty.value(), penalty.channels_below(ZERO)
-        cut = self.pruning(gm, ctx)
-        notes = [
+        note = (
             f"{steps} training steps in {trainer.seconds:.1f} s; Σ‖θ_c‖₂ {before:.4g} → "
             f"{after:.4g}; {zero} of {penalty.channels} channels below {ZERO:.0%} of their "
-            "group's mean norm",
-            *cut.report.notes,
-        ]
-        report = self.report(True, cut.report.touched, cut.report.declined, notes)
-        report.metrics.update(cut.report.metrics)
-        report.metrics.update(
-            penalty_before=before, penalty_after=after, channels_near_zero=float(zero)
+            "group's mean norm"
         )
-        return PassResult(cut.graph, True, report)
+        metrics = dict(penalty_before=before, penalty_after=after, channels_near_zero=float(zero))
+        return self.merged(self.pruning(gm, ctx), note, metrics)
 
 
 class GroupNormPenalty:
@@ -105,16 +72,11 @@ class GroupNormPenalty:
 
     def __init__(self, gm: fx.GraphModule, groups: list[ChannelGroup]) -> None:
         params = dict(gm.named_parameters())
-        self.members: list[list[tuple[torch.nn.Parameter, int, torch.Tensor]]] = []
+        self.members: list[list[tuple[torch.nn.Parameter, int, torch.Tensor]]] = [
+            [(params[owner], axis, labels) for owner, axis, labels in members]
+            for members in channel_members(gm, groups)
+        ]
         self.sizes = [g.num_channels for g in groups]
-        for group in groups:
-            self.members.append(
-                [
-                    (params[d.owner], d.axis, torch.as_tensor(group.labels[d], dtype=torch.long))
-                    for d in group.params
-                    if d.owner in params
-                ]
-            )
 
     @property
     def channels(self) -> int:

@@ -78,21 +78,23 @@ class IterativePruning(Pass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if self.pruning.ratio is None or self.pruning.iterations != 1:
             raise ConfigError(f"{self.name}: pruning needs a MAC ratio and iterations: 1")
-        before = model_stats(gm).macs
+        before = macs = model_stats(gm).macs
+        # scoring may run the model: the weights to rewind to are kept apart
         rewound = copy.deepcopy(gm) if self.rewind == "weights" else None
         notes, metrics, touched = [], {}, set()
         for k in range(1, self.steps + 1):
             goal = 1 - self.pruning.ratio * k / self.steps  # MACs left after step k
-            left = model_stats(gm).macs / before
+            left = macs / before
             step = self.pruning.model_copy(update={"ratio": min(0.99, max(1e-6, 1 - goal / left))})
             result, removed = step.cut(gm, ctx)
             touched |= set(result.report.touched)
             gm = result.graph
             if rewound is not None:
-                gm = self._rewound(rewound, removed, gm, ctx)
-                rewound = copy.deepcopy(gm)  # the next cut applies to these original weights
+                # a fresh copy that recovery (passes run on copies) and scoring never touch
+                gm = rewound = self._rewound(rewound, removed, gm, ctx)
             gm = self.recovered(gm, ctx)
-            reduction = 1 - model_stats(gm).macs / before
+            macs = model_stats(gm).macs
+            reduction = 1 - macs / before
             metrics[f"step{k}_macs_reduction"] = reduction
             note = f"step {k}: {reduction:.1%} of MACs removed"
             if ctx.validation is not None:

@@ -23,18 +23,17 @@ from pydantic import Field
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from graphopt.channels import ChannelGroup, build_channel_graph, find_groups
-from graphopt.errors import ConfigError
-from graphopt.pass_base import TRAINING, Pass, PassContext, PassResult
-from graphopt.passes.compress.channel_pruning import ChannelPruning
+from graphopt.channels import ChannelGroup
+from graphopt.pass_base import PassContext, PassResult
 from graphopt.passes.compress.channel_pruning.budget import MacModel
-from graphopt.passes.recover.knowledge_distillation import KnowledgeDistillation, Trainer
+from graphopt.passes.compress.train_then_cut import TrainThenCut, channel_members
+from graphopt.passes.recover.knowledge_distillation import KnowledgeDistillation
 
 # The hard-concrete stretch (γ, ζ) and temperature β of Louizos et al.
 GAMMA, ZETA, BETA = -0.1, 1.1, 2.0 / 3.0
 
 
-class L0Gates(Pass):
+class L0Gates(TrainThenCut):
     """Train a hard-concrete gate per coupled channel under an L0 (MAC-weighted) penalty, then cut.
 
     ``training`` is the loop (a :class:`KnowledgeDistillation` configuration); ``strength`` is
@@ -46,7 +45,6 @@ class L0Gates(Pass):
 
     name: ClassVar[str] = "l0_gates"
     exact: ClassVar[bool] = False
-    requires_data: ClassVar[frozenset[str]] = frozenset({TRAINING})
 
     strength: Annotated[float, Field(ge=0, le=100)] = Field(
         default=1.0,
@@ -61,55 +59,29 @@ class L0Gates(Pass):
         ),
         description="The training loop and its loss (a knowledge_distillation configuration).",
     )
-    pruning: ChannelPruning = Field(
-        default_factory=lambda: ChannelPruning(ratio=0.5, importance="l2"),
-        description="The cut after training (a channel_pruning configuration).",
-    )
-
-    def data_needs(self) -> frozenset[str]:
-        return self.requires_data | self.pruning.data_needs()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        data = ctx.training_data
-        if data is None:
-            raise ConfigError(f"{self.name} needs training data: optimize(..., training_data=...)")
-        groups = [p.group for p in self.pruning.plans(gm, find_groups(build_channel_graph(gm)))[0]]
-        if not groups:
-            raise ConfigError(f"{self.name}: no channel group of the graph may be pruned")
+        groups = self.prunable_groups(gm, ctx)
         gates = Gates(gm, groups, channel_costs(gm, groups), self.init_open)
         before = gates.expected_open()
-        seed = ctx.seed if self.training.seed is None else self.training.seed
-        steps = self.training.total_steps(data)
-        with torch.random.fork_rng(), gates.attached():
-            torch.manual_seed(seed)
-            trainer = Trainer(
-                self.training,
-                gm,
-                ctx.original,
-                [],
-                None,
-                penalty=lambda: self.strength * gates.penalty(),
-            )
-            trainer.train(data, steps)
-            gm.eval()  # the folded value is the test-time gate
+        with gates.attached():  # on exit the test-time gates (gm ends in eval) are folded in
+            trainer, steps = self.train(gm, ctx, lambda: self.strength * gates.penalty())
         after, closed = gates.expected_open(), gates.closed()
         cut = self.pruning(gm, ctx)
-        notes = [
+        note = (
             f"{steps} training steps in {trainer.seconds:.1f} s; expected open gates "
             f"{before:.1%} → {after:.1%} (MAC-weighted); {closed} of {gates.channels} gates "
-            "closed (folded to zero weights)",
-            *cut.report.notes,
-        ]
+            "closed (folded to zero weights)"
+        )
         removed = int(cut.report.metrics.get("channels_removed", 0))
+        more = ()
         if closed > removed:
-            notes.append(
+            more = (
                 f"{closed - removed} closed gates outlived the cut (their channels compute "
-                "zeros): the strength is too high for this target"
+                "zeros): the strength is too high for this target",
             )
-        report = self.report(True, cut.report.touched, cut.report.declined, notes)
-        report.metrics.update(cut.report.metrics)
-        report.metrics.update(open_before=before, open_after=after, gates_closed=float(closed))
-        return PassResult(cut.graph, True, report)
+        metrics = dict(open_before=before, open_after=after, gates_closed=float(closed))
+        return self.merged(cut, note, metrics, more)
 
 
 def channel_costs(gm: fx.GraphModule, groups: list[ChannelGroup]) -> list[float]:
@@ -136,15 +108,7 @@ class Gates(nn.Module):
         self.log_alpha = nn.ParameterList(
             nn.Parameter(torch.full((g.num_channels,), start)) for g in groups
         )
-        params = dict(gm.named_parameters())
-        self.members = [
-            [
-                (d.owner, d.axis, torch.as_tensor(g.labels[d], dtype=torch.long))
-                for d in g.params
-                if d.owner in params
-            ]
-            for g in groups
-        ]
+        self.members = channel_members(gm, groups)
         self.samples: list[torch.Tensor] | None = None
 
     @property

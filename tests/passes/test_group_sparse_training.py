@@ -6,34 +6,13 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
-from torch import nn
 
 import graphopt
 from graphopt.channels import build_channel_graph, find_groups
 from graphopt.errors import ConfigError
 from graphopt.passes import ChannelPruning, GroupSparseTraining, KnowledgeDistillation
 from graphopt.passes.compress.group_sparse_training import GroupNormPenalty
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
-
-
-def _data(n: int = 32):
-    torch.manual_seed(1)
-    x, y = torch.randn(n, 3, 6, 6), torch.randint(0, 4, (n,))
-    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, n, 8)]
+from tests.models import labelled_batches, small_classifier
 
 
 def _pass(strength: float, steps: int = 10) -> GroupSparseTraining:
@@ -45,7 +24,7 @@ def _pass(strength: float, steps: int = 10) -> GroupSparseTraining:
 
 
 def test_penalty_is_the_norm_of_each_coupled_channel():
-    gm = graphopt.capture(_model(), torch.randn(1, 3, 6, 6))
+    gm = graphopt.capture(small_classifier(), torch.randn(1, 3, 6, 6))
     groups = [g for g in find_groups(build_channel_graph(gm)) if g.prunable]
     first = next(g for g in groups if any(d.owner == "0.weight" for d in g.dims))
     norms = GroupNormPenalty(gm, [first]).norms()[0]
@@ -62,9 +41,11 @@ def test_penalty_is_the_norm_of_each_coupled_channel():
 
 
 def test_training_is_seeded_shrinks_the_penalty_and_meets_the_target():
-    data = _data()
+    data = labelled_batches()
     runs = [
-        graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [_pass(0.05)], training_data=data)
+        graphopt.optimize(
+            small_classifier(), torch.randn(1, 3, 6, 6), [_pass(0.05)], training_data=data
+        )
         for _ in range(2)
     ]
     a, b = (r.model.state_dict() for r in runs)
@@ -76,10 +57,13 @@ def test_training_is_seeded_shrinks_the_penalty_and_meets_the_target():
 
 
 def test_a_stronger_penalty_leaves_smaller_channel_norms():
-    data = _data()
+    data = labelled_batches()
     after = {
         strength: graphopt.optimize(
-            _model(), torch.randn(1, 3, 6, 6), [_pass(strength, steps=30)], training_data=data
+            small_classifier(),
+            torch.randn(1, 3, 6, 6),
+            [_pass(strength, steps=30)],
+            training_data=data,
         )
         .report.passes[0]
         .metrics["penalty_after"]
@@ -90,7 +74,7 @@ def test_a_stronger_penalty_leaves_smaller_channel_norms():
 
 def test_needs_training_data_before_any_pass_runs():
     with pytest.raises(ConfigError, match="training"):
-        graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [_pass(0.05)])
+        graphopt.optimize(small_classifier(), torch.randn(1, 3, 6, 6), [_pass(0.05)])
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
-from torch import nn
 
 import graphopt
 from graphopt.errors import ConfigError
@@ -19,27 +18,7 @@ from graphopt.passes import (
 )
 from graphopt.passes.compress.iterative_pruning import Recovery
 from graphopt.recipe import parse_recipe
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def _data(n: int = 32):
-    torch.manual_seed(1)
-    x, y = torch.randn(n, 3, 6, 6), torch.randint(0, 4, (n,))
-    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, n, 8)]
+from tests.models import labelled_batches, small_classifier
 
 
 def _run(rewind="none", steps=3, recover=None, validation=None):
@@ -50,9 +29,9 @@ def _run(rewind="none", steps=3, recover=None, validation=None):
     p = IterativePruning(
         steps=steps, pruning=ChannelPruning(ratio=0.6), recover=recover, rewind=rewind
     )
-    data = _data()
+    data = labelled_batches()
     return graphopt.optimize(
-        _model(),
+        small_classifier(16),
         torch.randn(1, 3, 6, 6),
         [p],
         calibration_data=data,
@@ -84,7 +63,7 @@ def test_each_cut_restarts_from_the_original_weights_only_when_rewinding(rewind,
 
     monkeypatch.setattr(IterativePruning, "recovered", spy)
     _run(rewind=rewind, steps=2)
-    original = _model().get_submodule("0").weight
+    original = small_classifier(16).get_submodule("0").weight
     later = seen[1]  # after one round of training
     from_original = all(any(torch.equal(r, o) for o in original) for r in later)
     assert from_original == (rewind == "weights")
@@ -92,7 +71,7 @@ def test_each_cut_restarts_from_the_original_weights_only_when_rewinding(rewind,
 
 def test_without_rewinding_the_kept_channels_keep_their_training():
     result = _run(rewind="none", steps=2)
-    conv, original = result.model.get_submodule("0"), _model().get_submodule("0").weight
+    conv, original = result.model.get_submodule("0"), small_classifier(16).get_submodule("0").weight
     assert not all(any(torch.equal(r, o) for o in original) for r in conv.weight)
 
 
@@ -104,17 +83,17 @@ def test_is_deterministic():
 def test_needs_a_mac_ratio_and_one_round():
     with pytest.raises(ConfigError, match="iterations: 1"):
         graphopt.optimize(
-            _model(),
+            small_classifier(16),
             torch.randn(1, 3, 6, 6),
             [IterativePruning(pruning=ChannelPruning(channel_ratio=0.5))],
-            calibration_data=_data(),
+            calibration_data=labelled_batches(),
         )
 
 
 def test_needs_the_data_its_stages_read_before_any_work():
     p = IterativePruning(recover=Recovery(knowledge_distillation=KnowledgeDistillation(steps=1)))
     with pytest.raises(ConfigError, match="training"):
-        graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [p])
+        graphopt.optimize(small_classifier(16), torch.randn(1, 3, 6, 6), [p])
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"rewind": "lr"}, {"recover": {"bogus": {}}}])

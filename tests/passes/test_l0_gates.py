@@ -9,34 +9,13 @@ import math
 import pydantic
 import pytest
 import torch
-from torch import nn
 
 import graphopt
 from graphopt.channels import build_channel_graph, find_groups
 from graphopt.errors import ConfigError
 from graphopt.passes import ChannelPruning, KnowledgeDistillation, L0Gates
 from graphopt.passes.compress.l0_gates import BETA, GAMMA, ZETA, Gates, channel_costs
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
-
-
-def _data(n: int = 32):
-    torch.manual_seed(1)
-    x, y = torch.randn(n, 3, 6, 6), torch.randint(0, 4, (n,))
-    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, n, 8)]
+from tests.models import labelled_batches, small_classifier
 
 
 def _pass(strength: float, steps: int = 20) -> L0Gates:
@@ -48,7 +27,7 @@ def _pass(strength: float, steps: int = 20) -> L0Gates:
 
 
 def _gm_and_groups():
-    gm = graphopt.capture(_model(), torch.randn(1, 3, 6, 6))
+    gm = graphopt.capture(small_classifier(), torch.randn(1, 3, 6, 6))
     groups = [g for g in find_groups(build_channel_graph(gm)) if g.prunable]
     first = next(g for g in groups if any(d.owner == "0.weight" for d in g.dims))
     return gm, groups, first
@@ -107,9 +86,11 @@ def test_training_samples_gates_in_train_mode_only():
 
 
 def test_training_is_seeded_closes_gates_and_meets_the_target():
-    data = _data()
+    data = labelled_batches()
     runs = [
-        graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [_pass(5.0, 70)], training_data=data)
+        graphopt.optimize(
+            small_classifier(), torch.randn(1, 3, 6, 6), [_pass(5.0, 70)], training_data=data
+        )
         for _ in range(2)
     ]
     a, b = (r.model.state_dict() for r in runs)
@@ -124,9 +105,11 @@ def test_training_is_seeded_closes_gates_and_meets_the_target():
 
 
 def test_a_stronger_penalty_closes_more_gates():
-    data = _data()
+    data = labelled_batches()
     closed = {
-        s: graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [_pass(s, 40)], training_data=data)
+        s: graphopt.optimize(
+            small_classifier(), torch.randn(1, 3, 6, 6), [_pass(s, 40)], training_data=data
+        )
         .report.passes[0]
         .metrics["open_after"]
         for s in (0.0, 5.0)
@@ -136,7 +119,7 @@ def test_a_stronger_penalty_closes_more_gates():
 
 def test_needs_training_data_before_any_pass_runs():
     with pytest.raises(ConfigError, match="training"):
-        graphopt.optimize(_model(), torch.randn(1, 3, 6, 6), [_pass(1.0)])
+        graphopt.optimize(small_classifier(), torch.randn(1, 3, 6, 6), [_pass(1.0)])
 
 
 @pytest.mark.parametrize("kwargs", [{"strength": -1}, {"init_open": 0.4}, {"bogus": 1}])
