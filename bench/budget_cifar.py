@@ -20,7 +20,8 @@ random crops and flips, the best of the validated checkpoints on 1000 held-out i
     python bench/budget_cifar.py --arm graphopt --ratio 2   # one arm (what the runner calls)
     python bench/budget_cifar.py --report        # the table and plot from the arms on disk
 
-Writes bench/results/budget_cifar.{json,md,png}; the arms' rows are kept in bench/scratch/budget.
+Writes bench/results/budget_cifar.{json,md,png}; the arms' rows are kept in bench/scratch/budget,
+and an arm already in bench/results/budget_cifar.json is not run again (delete its row to rerun).
 """
 
 from __future__ import annotations
@@ -218,7 +219,13 @@ def run_arm(arm: str, ratio: float, budget: float, progress: bool, test_limit=No
 def run_all(arms, ratios, budget, parallel: int) -> None:
     """Every (arm, ratio) in its own one-thread process, ``parallel`` at a time."""
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    todo = [(a, r) for r in ratios for a in arms if not _row_path(a, r).exists()]
+    done = {(r["arm"], r["ratio"]) for r in _committed_rows()}
+    todo = [
+        (a, r)
+        for r in ratios
+        for a in arms
+        if not _row_path(a, r).exists() and (a, r) not in done
+    ]
     running: list[subprocess.Popen] = []
     while todo or running:
         while todo and len(running) < parallel:
@@ -242,12 +249,22 @@ def run_all(arms, ratios, budget, parallel: int) -> None:
                 raise SystemExit(f"{' '.join(p.args)} failed ({p.returncode})")
 
 
+def _committed_rows() -> list[dict]:
+    committed = RESULTS / "budget_cifar.json"
+    return json.loads(committed.read_text()) if committed.exists() else []
+
+
 def _row_path(arm: str, ratio: float) -> Path:
     return SCRATCH / f"{arm}_{ratio:g}.json"
 
 
 def report() -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(SCRATCH.glob("*.json"))]
+    """Tables from the committed rows, updated by the arms run since (bench/scratch/budget)."""
+    rows = {(r["arm"], r["ratio"]): r for r in _committed_rows()}
+    for path in sorted(SCRATCH.glob("*.json")):
+        row = json.loads(path.read_text())
+        rows[row["arm"], row["ratio"]] = row
+    rows = list(rows.values())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "budget_cifar.json").write_text(json.dumps(rows, indent=2))
     (RESULTS / "budget_cifar.md").write_text(markdown(rows))

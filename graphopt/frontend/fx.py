@@ -73,8 +73,7 @@ def _refuse_mutated_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -
     changed = [
         name
         for name, buffer in model.named_buffers()
-        if name in before
-        and (before[name].shape != buffer.shape or not torch.equal(before[name], buffer))
+        if name in before and not _same(before[name], buffer)
     ]
     if changed:
         raise CaptureError(
@@ -83,6 +82,16 @@ def _refuse_mutated_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -
             hint="move the update into a leaf module (capture(..., leaf_modules=[...])) or out "
             "of forward",
         )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape and values, NaN equal to NaN (a diverged model's statistics are not a
+    mutation)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True)
+    return torch.equal(a, b)
 
 
 def _trace(model, tracer, inputs, leaf_modules, leaf_types) -> fx.GraphModule:

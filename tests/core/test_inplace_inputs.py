@@ -84,3 +84,10 @@ def test_calibration_data_is_not_changed_by_in_place_ops():
     )
     for batch, copy in zip(batches, copies, strict=True):
         torch.testing.assert_close(batch, copy, rtol=0, atol=0)
+
+
+def test_a_nan_buffer_forward_leaves_alone_is_not_a_change():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean[0] = float("nan")  # a diverged run's statistics
+    gm = graphopt.capture(model, torch.randn(1, 3, 8, 8))
+    assert torch.isnan(gm.get_buffer("1.running_mean")[0])
