@@ -130,6 +130,9 @@ def tp_sparse_cut(ratio, original, example, data, clock, budget):
         ignored_layers=e2e.stream_modules(model),
         round_to=8,
     )
+    # Building the pruner traces the model and leaves it in eval mode: training with frozen
+    # BatchNorm statistics at this rate diverges within ~20 steps (NaN weights).
+    model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     share, steps, start = SPARSE_SHARE * budget, 0, clock.now()
     while clock.now() - start < share:
