@@ -1,4 +1,4 @@
-"""Which channels and how many per group: importance × scope on CIFAR-10 ResNet-56, 2× fewer MACs.
+"""Which channels and how many per group: importance × scope on CIFAR-10 ResNet-56 or -20, 2× MACs.
 
 Block-inner channels (the pad-coupled streams kept, as in bench/e2e_cifar.py), one-shot, then
 + BN recalibration, then + layer-wise reconstruction (BN → refit → BN), top-1 on the 10k test
@@ -7,13 +7,16 @@ training. Rows: magnitude (l1) against data-aware selection (`output_error`: the
 consumers' least-squares refit can best absorb), each with the global ranking, one fraction
 per group, and per-group budgets from measured sensitivity; Taylor one-shot and re-scored.
 
-    python bench/pruning_selection.py            # ~25 min on 2 cores
+    python bench/pruning_selection.py              # ResNet-56, ~25 min on 2 cores
+    python bench/pruning_selection.py --depth 20   # ResNet-20, ~10 min
 
-Writes bench/results/pruning_selection.{json,md}.
+Writes bench/results/pruning_selection.{json,md} (ResNet-56) or
+pruning_selection_resnet20.{json,md}.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -75,24 +78,29 @@ def run(importance: str, scope: str, iterations: int, model, data) -> dict:
     }
 
 
-def load():
+CHECKPOINTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
+
+
+def load(depth: int):
     from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.testing.zoo import cifar_resnet
 
-    model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th").eval()
+    model = cifar_resnet(depth, DATA / "cifar10_resnet" / CHECKPOINTS[depth]).eval()
     x, y = load_cifar10(DATA / "cifar10" / "test_uint8.npz")
     xc, yc = load_cifar10(DATA / "cifar10" / "train20k_uint8.npz", limit=512, seed=0)
     data = {"test": (x, y), "calibration": list(batches(xc, yc, 64))}
     return model, data, top1(model, x, y)
 
 
-def write(rows: list[dict], baseline: float, out: Path) -> None:
+def write(rows: list[dict], baseline: float, out: Path, depth: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pruning_selection.json").write_text(
+    stem = "pruning_selection" if depth == 56 else f"pruning_selection_resnet{depth}"
+    (out / f"{stem}.json").write_text(
         json.dumps({"baseline_top1": baseline, "rows": rows}, indent=1)
     )
     lines = [
-        "# Channel selection × budget allocation: CIFAR-10 ResNet-56, 2× fewer MACs (bench/pruning_selection.py)",
+        f"# Channel selection × budget allocation: CIFAR-10 ResNet-{depth}, 2× fewer MACs "
+        f"(bench/pruning_selection.py{'' if depth == 56 else f' --depth {depth}'})",
         "",
         f"Block-inner channels, no training; top-1 on the 10k test images (original {baseline:.2f} %). "
         "Calibration: 512 train20k images (8 batches of 64). Seconds: the pruning pass alone, "
@@ -108,18 +116,21 @@ def write(rows: list[dict], baseline: float, out: Path) -> None:
             f"{100 * r['macs_reduction']:.1f} | {t['one-shot']:.2f} | "
             f"{t['+ BN recalibration']:.2f} | {t['+ reconstruction']:.2f} | {r['seconds']:.0f} |"
         )
-    (out / "pruning_selection.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, choices=sorted(CHECKPOINTS), default=56)
+    depth = parser.parse_args().depth
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model, data, baseline = load()
+    model, data, baseline = load(depth)
     rows = []
     for importance, scope, iterations in ROWS:
         rows.append(run(importance, scope, iterations, model, data))
         print(json.dumps(rows[-1]), flush=True)
-        write(rows, baseline, RESULTS)
+        write(rows, baseline, RESULTS, depth)
 
 
 if __name__ == "__main__":
