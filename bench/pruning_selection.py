@@ -1,4 +1,4 @@
-"""Which channels and how many per group: importance × scope on CIFAR-10 ResNet-56 or -20, 2× MACs.
+"""Which channels, how many per group: importance × scope, CIFAR ResNet-56 or -20, 2× fewer MACs.
 
 Block-inner channels (the pad-coupled streams kept, as in bench/e2e_cifar.py), one-shot, then
 + BN recalibration, then + layer-wise reconstruction (BN → refit → BN), top-1 on the 10k test
