@@ -84,6 +84,28 @@ def test_every_kernel_of_a_cnn_gets_a_default_schedule_and_weights_are_packed_at
     assert "weight_prepack" not in mod["main"].script()
 
 
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Sigmoid()])
+@pytest.mark.parametrize("layer", ["conv", "depthwise", "linear"])
+def test_an_epilogue_reading_its_input_twice_runs_inside_the_parallel_tiles(act, layer):
+    """SiLU x·σ(x), GELU, hardswish, and σ (NaN kept: a select on x) fork at the value: each
+    kernel is parallel loops only, no serial loop over the whole output after the tiles."""
+    import tvm
+
+    first, x = {
+        "conv": (nn.Conv2d(8, 16, 3, padding=1), torch.randn(1, 8, 12, 12)),
+        "depthwise": (nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.randn(1, 16, 12, 12)),
+        "linear": (nn.Linear(32, 48), torch.randn(1, 20, 32)),
+    }[layer]
+    found = kernels(lowered(nn.Sequential(first, act).eval(), x))
+    fused = [f for name, f in found.items() if "conv2d" in name or "matmul" in name]
+    assert fused, list(found)
+    for kernel in fused:
+        body = kernel.body.block.body
+        loops = list(body.seq) if isinstance(body, tvm.tirx.SeqStmt) else [body]
+        kinds = [getattr(loop, "kind", None) for loop in loops]
+        assert all(kind == tvm.tirx.ForKind.PARALLEL for kind in kinds), kernel.script()
+
+
 def test_round_to_for_a_target_is_its_vector_width():
     from graphopt.compiler import vector_lanes_for
 
@@ -157,6 +179,9 @@ class ConvBlock(nn.Module):
             "relu": nn.ReLU(),
             "relu6": nn.ReLU6(),
             "gelu": nn.GELU(),
+            "silu": nn.SiLU(),
+            "hardswish": nn.Hardswish(),
+            "sigmoid": nn.Sigmoid(),
             "none": nn.Identity(),
         }[act]
         self.residual = residual and stride == 1 and cin == cout
@@ -183,7 +208,9 @@ def conv_blocks(draw):
         stride=draw(st.sampled_from([1, 1, 2])),
         groups=groups,
         dilation=draw(st.sampled_from([1, 1, 2])),
-        act=draw(st.sampled_from(["relu", "relu6", "gelu", "none"])),
+        act=draw(
+            st.sampled_from(["relu", "relu6", "gelu", "silu", "hardswish", "sigmoid", "none"])
+        ),
         residual=draw(st.booleans()),
         norm=draw(st.booleans()),
     )
