@@ -7,6 +7,7 @@ constants). See docs/explanation/compile.md.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import time
@@ -178,11 +179,14 @@ def _build(mod, target: ResolvedTarget, path: Path) -> None:
 
 
 def _write_portable(module, program, inputs, directory: Path) -> list[str]:
-    """``model.pt2`` (torch.export) and ``model.onnx``; a failed export is noted, not fatal."""
+    """``model.pt2`` (torch.export) and ``model.onnx``; a failed export is noted, not fatal.
+    The ONNX export runs with the attention fast path off: in eval mode without gradients an
+    ``nn.MultiheadAttention`` (ViT, any ``nn.Transformer``) otherwise calls PyTorch's fused
+    ``aten::_native_multi_head_attention``, which the exporter has no symbolic for."""
     notes = []
     torch.export.save(program, str(directory / "model.pt2"))
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _attention_fast_path(False):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -195,6 +199,16 @@ def _write_portable(module, program, inputs, directory: Path) -> list[str]:
         (directory / "model.onnx").unlink(missing_ok=True)
         notes.append(f"model.onnx not written: torch.onnx.export failed: {exc}")
     return notes
+
+
+@contextlib.contextmanager
+def _attention_fast_path(enabled: bool):
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _input_specs(program, inputs) -> list[TensorSpec]:

@@ -198,3 +198,28 @@ def test_optimize_with_a_target_compiles_the_rewritten_graph():
     assert artifact.manifest.report.after.params < artifact.manifest.report.before.params
     assert torch.allclose(artifact(x), expected(model, x), atol=TOLERANCE)
     assert any(type(m).__name__ == "BatchNorm2d" for m in model.modules())  # unchanged
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_attention_exports_to_onnx_too():
+    """In eval mode without gradients, nn.MultiheadAttention takes PyTorch's fast path
+    (``aten::_native_multi_head_attention``), which the ONNX exporter cannot write (ViT-B/16's
+    artifact had no model.onnx, so no ONNX Runtime baseline): the export traces with
+    gradients on, through the exportable path."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model, x = SelfAttention().eval(), torch.randn(1, 6, 16)
+    artifact = graphopt.compile(model, x, tuning=None)
+    assert (artifact.directory / "model.onnx").exists(), artifact.manifest.notes
+    session = ort.InferenceSession(str(artifact.directory / "model.onnx"))
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, expected(model, x).numpy(), atol=TOLERANCE)
