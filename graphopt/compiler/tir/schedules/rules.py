@@ -283,13 +283,8 @@ def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> 
 
 
 def inline_epilogue(sch, writeback):
-    """Fold the element-wise consumers of the accumulator's write-back into it.
-
-    An epilogue that reads the value twice (SiLU ``x · σ(x)``, GELU ``x · (1 + erf(x/√2))/2``,
-    hardswish) is a diamond, not a chain: the branches are inlined forward into the block that
-    joins them first, so that one consumer is left. Stopping at the fork had left the whole
-    epilogue as serial scalar loops over the full output, after the parallel tiles
-    (EfficientNet-B0's convolutions with SiLU ran at 2–7 % of peak)."""
+    """Fold the element-wise consumers of the write-back into it; a diamond (SiLU ``x · σ(x)``,
+    GELU) is inlined forward to one consumer first (docs/explanation/cpu_schedules.md)."""
     while True:
         consumers = sch.get_consumers(writeback)
         if len(consumers) > 1:
@@ -305,8 +300,7 @@ def inline_epilogue(sch, writeback):
 
 
 def _inline_one_forward(sch, blocks) -> bool:
-    """Inline the first of ``blocks`` that TVM lets be inlined into its consumers (element-wise,
-    not writing an output); whether one was."""
+    """Inline the first of ``blocks`` TVM lets be inlined into its consumers; whether one was."""
     for block in blocks:
         try:
             sch.compute_inline(block)
