@@ -186,7 +186,7 @@ def _write_portable(module, program, inputs, directory: Path) -> list[str]:
     notes = []
     torch.export.save(program, str(directory / "model.pt2"))
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _attention_fast_path(False):
+        with warnings.catch_warnings(), torch.no_grad(), _attention_fast_path_off():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -202,9 +202,9 @@ def _write_portable(module, program, inputs, directory: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _attention_fast_path(enabled: bool):
+def _attention_fast_path_off():
     previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:

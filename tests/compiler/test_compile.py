@@ -212,8 +212,8 @@ class SelfAttention(torch.nn.Module):
 def test_attention_exports_to_onnx_too():
     """In eval mode without gradients, nn.MultiheadAttention takes PyTorch's fast path
     (``aten::_native_multi_head_attention``), which the ONNX exporter cannot write (ViT-B/16's
-    artifact had no model.onnx, so no ONNX Runtime baseline): the export traces with
-    gradients on, through the exportable path."""
+    artifact had no model.onnx, so no ONNX Runtime baseline): the export runs with that fast
+    path off, through the exportable one."""
     import onnxruntime as ort
 
     torch.manual_seed(0)
