@@ -74,8 +74,16 @@ def test_a_weight_streaming_convolution_marks_its_reduction_small_ones_do_not():
     assert "prefetch next block" in big.attrs[TILE_ATTR]
     small = _conv_kernel(nn.Conv2d(16, 32, 3, padding=1), torch.randn(1, 16, 14, 14))
     assert _marked_loops(small) == [] and "prefetch" not in small.attrs[TILE_ATTR]
-    # a dense layer's weights arrive as [in, out]: a block of outputs is not contiguous
-    assert not _streams(nn.Linear(600, 520), torch.randn(1, 600))
+    # a dense layer's weights arrive as [in, out]; packed into [out/lanes, in, lanes] panels,
+    # a large one streams them block by block like a convolution, a small one does not
+    (dense,) = _marked_loops(_dense_kernel(nn.Linear(600, 520), torch.randn(1, 600)))
+    name, _, weights = dense.split(":")
+    assert name == "param_0_global" and int(weights) % (600 * vector_lanes_for("llvm")) == 0
+    assert not _streams(nn.Linear(60, 52), torch.randn(1, 60))
+
+
+def _dense_kernel(model, x):
+    return next(f for name, f in kernels(lowered(model.eval(), x)).items() if "matmul" in name)
 
 
 def test_a_function_without_marked_loops_is_returned_unchanged():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.dlight.analysis import get_sblock_info, normalize_prim_func
 
+from graphopt.compiler.tir.schedules.loops import simplify_indices
 from graphopt.compiler.tir.schedules.tiles import const_int, vector_lanes
 
 MAP, PARTIAL, REDUCE = "map", "partial", "reduce"
@@ -26,6 +27,7 @@ def schedule_rows(func, width: int) -> s_tir.Schedule | None:
     kernel (fewer than two blocks, no reduction, a reduction last, or no leading spatial axis
     common to all steps: a LayerNorm over the whole tensor keeps TVM's serial loops)."""
     sch = s_tir.Schedule(func)
+    simplify_indices(sch)
     infos = normalize_prim_func(sch)
     if infos is None or len(infos) < 2 or all(i.is_injective() for i in infos):
         return None

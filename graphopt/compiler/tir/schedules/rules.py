@@ -8,6 +8,7 @@ check every step and a failed step declines the whole kernel).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
@@ -15,6 +16,15 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from graphopt.compiler.tir.schedules import TILE_ATTR, prefetch
+from graphopt.compiler.tir.schedules.loops import (
+    DECLINED,
+    inline_epilogue,
+    schedule_injective_block,
+    simplify_indices,
+    trivially_bound,
+    vectorize_tile,
+)
+from graphopt.compiler.tir.schedules.padding import padded_text, padding
 from graphopt.compiler.tir.schedules.rows import schedule_rows
 from graphopt.compiler.tir.schedules.tiles import (
     PACK,
@@ -24,11 +34,7 @@ from graphopt.compiler.tir.schedules.tiles import (
     expr_vars,
     lanes,
     registers,
-    vector_lanes,
 )
-
-# what a schedule step raises when it rejects a kernel (TVM's checks) or finds no buffer
-DECLINED = (s_tir.ScheduleError, RuntimeError, ValueError, StopIteration)
 
 
 class _CPURule(ScheduleRule):
@@ -56,52 +62,97 @@ class ReductionRule(_CPURule):
         self.variant = variant
 
     def schedule(self, sch, target) -> bool:
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        infos = [get_sblock_info(sch, b) for b in blocks]
-        mains = [i for i in infos if i.is_reduction()]
-        if len(mains) != 1 or any(i.dom_kind().strip("S") for i in infos if i is not mains[0]):
+        simplify_indices(sch)
+        width, budget = lanes(target), registers(target)
+        plan = _plan(sch, width, budget, 0)
+        if plan is None:
             return False
-        main = mains[0]
-        kinds = main.dom_kind()
-        spatial = kinds.count("S")
-        extents = [const_int(i.dom) for i in main.iters[:spatial]]
-        if spatial == 0 or kinds != "S" * spatial + "R" * (len(kinds) - spatial):
-            return False
-        if any(e is None for e in extents) or not _trivially_bound(sch, main):
-            return False  # symbolic shapes, or loops that do not map one-to-one to iter vars
-        # TVM's NHWC convolution copies its whole input first even without padding (a 1×1
-        # convolution's "pad_temp"): that copy is inlined, a real padding stays a producer
-        producers = [b for b in _producers(sch, blocks, main.block_rv) if not _inlined(sch, b)]
-        width = lanes(target)
-        constants = _layout_free_buffers(sch)
-        tile = choose_tile(
-            sch.get(main.block_rv),
-            extents,
-            width,
-            registers(target),
-            constants=constants,
-            intermediates={sch.get(b).writes[0].source.name for b in producers},
-            variant=self.variant,
-        )
-        if tile is None:
-            return False
+        block = sch.get(plan.main)
+        factors = padding(block, plan.extents, plan.tile, width, budget, plan.constants)
+        padded = _pad(sch, plan.main, factors)
+        if padded or self.variant:
+            plan = _plan(sch, width, budget, self.variant)
+            if plan is None:
+                return False
+        main, tile, producers = plan.main, plan.tile, plan.producers
         # A depthwise tile reads few input values per multiply-add, a pool reads each once:
         # padding the whole input first costs them as much memory traffic as their work; they
-        # pad each tile's window instead (ResNet-18's max pool: 0.175 → 0.102 ms)
-        weights = constants & {r.source.name for r in sch.get(main.block_rv).reads}
-        packed = _apply_layouts(sch, main.block_rv, tile, producers)
-        per_tile = producers if tile.register_reads_vectors or not weights else []
+        # pad each tile's window instead (ResNet-18's max pool: 0.175 → 0.102 ms). The copies
+        # that pad a product to whole tiles run once, on their own.
+        weights = plan.constants & {r.source.name for r in sch.get(main).reads}
+        packed = _apply_layouts(sch, main, tile, producers)
+        per_tile = producers if (tile.register_reads_vectors or not weights) and not padded else []
         # a weight-streaming kernel (blocks outermost, weights packed block by block)
         stream = packed[0] if tile.blocks_outermost and len(packed) == 1 else None
-        prefetching = _tile_reduction(sch, main.block_rv, tile, spatial, width, per_tile, stream)
+        prefetching = _tile_reduction(sch, main, tile, plan.spatial, width, per_tile, stream)
         for producer in producers:
             if per_tile:
                 vectorize_tile(sch, sch.get_loops(producer)[1:], width)
             else:
                 schedule_injective_block(sch, producer, width)
-        text = describe(tile, extents, width) + (", prefetch next block" if prefetching else "")
+        text = describe(tile, plan.extents, width) + (
+            ", prefetch next block" if prefetching else ""
+        )
+        if padded:
+            text += padded_text([const_int(iv.dom.extent) for iv in block.iter_vars], factors)
         sch.annotate(sch.get_sblock("root"), TILE_ATTR, text)
         return True
+
+
+@dataclass(frozen=True)
+class _Plan:
+    main: object  # the reduction block
+    spatial: int  # its spatial iter vars (first)
+    extents: list[int]
+    producers: list  # blocks before it (padding) that stay
+    constants: set[str]  # buffers the caller passes constants for
+    tile: Tile
+
+
+def _plan(sch, width: int, budget: int, variant: int) -> _Plan | None:
+    """The kernel's reduction block and its tile, or None when the rule does not apply."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    infos = [get_sblock_info(sch, b) for b in blocks]
+    mains = [i for i in infos if i.is_reduction()]
+    if len(mains) != 1 or any(i.dom_kind().strip("S") for i in infos if i is not mains[0]):
+        return None
+    main = mains[0]
+    kinds = main.dom_kind()
+    spatial = kinds.count("S")
+    extents = [const_int(i.dom) for i in main.iters[:spatial]]
+    if spatial == 0 or kinds != "S" * spatial + "R" * (len(kinds) - spatial):
+        return None
+    if any(e is None for e in extents) or not trivially_bound(sch, main):
+        return None  # symbolic shapes, or loops that do not map one-to-one to iter vars
+    # TVM's NHWC convolution copies its whole input first even without padding (a 1×1
+    # convolution's "pad_temp"): that copy is inlined, a real padding stays a producer
+    producers = [b for b in _producers(sch, blocks, main.block_rv) if not _inlined(sch, b)]
+    constants = _layout_free_buffers(sch)
+    tile = choose_tile(
+        sch.get(main.block_rv),
+        extents,
+        width,
+        budget,
+        constants=constants,
+        intermediates={sch.get(b).writes[0].source.name for b in producers},
+        variant=variant,
+    )
+    if tile is None:
+        return None
+    return _Plan(main.block_rv, spatial, extents, producers, constants, tile)
+
+
+def _pad(sch, block, factors: list[int]) -> bool:
+    """Pad ``block`` to the ``factors`` (:mod:`.padding`); whether it was (TVM declines blocks
+    it cannot pad: tried on a copy of the schedule first)."""
+    if all(f == 1 for f in factors):
+        return False
+    try:
+        sch.copy().pad_einsum(block, factors)
+    except DECLINED:
+        return False
+    sch.pad_einsum(block, factors)
+    return True
 
 
 def describe(tile: Tile, extents: list[int], width: int) -> str:
@@ -116,15 +167,6 @@ def describe(tile: Tile, extents: list[int], width: int) -> str:
     if tile.lanes < width:
         text += f"; shape-limited: vector loop extent {extents[tile.vector_loop]}"
     return text
-
-
-def _trivially_bound(sch, main) -> bool:
-    """Each loop around the block binds exactly one of its iter vars, in order."""
-    loops = sch.get_loops(main.block_rv)
-    return len(loops) == len(main.iters) and all(
-        sch.get(loop).same_as(sch.get(info.loop_rv))
-        for loop, info in zip(loops, main.iters, strict=True)
-    )
 
 
 def _producers(sch, blocks, main) -> list:
@@ -165,36 +207,37 @@ def _layout_free_buffers(sch) -> set[str]:
 
 
 def _apply_layouts(sch, block, tile: Tile, producers) -> list[str]:
-    """Apply the tile's layouts; returns the packed buffers whose blocks of ``groups × lanes``
-    outputs are contiguous (the vector loop indexes their first dimension)."""
+    """Apply the tile's layouts; returns the packed buffers (their blocks of ``groups × lanes``
+    outputs are contiguous)."""
     var = sch.get(block).iter_vars[tile.vector_loop].var
     contiguous = []
     for name, how in tile.layouts:
         if how == PACK:
-            written, dim = _pack(sch, block, name, var, tile.lanes)
-            contiguous += [written] if dim == 0 else []
+            contiguous.append(_pack(sch, block, name, var, tile.lanes))
         else:
             _relayout(sch, block, name, var, producers)
     return contiguous
 
 
-def _pack(sch, block, name: str, var, lanes_: int) -> tuple[str, int]:
+def _pack(sch, block, name: str, var, lanes_: int) -> str:
     """Read the constant ``name`` in a layout whose ``var`` dimension is split into
-    ``(outer, …, lanes)``, lanes innermost. The copy is marked as a layout rewrite:
+    ``(outer, …, lanes)``: outer first, lanes innermost, so that every block of outputs reads
+    one contiguous panel (OHWI convolution weights → ``[O/16, H, W, I, 16]``, dense weights
+    ``[in, out]`` → ``[out/16, in, 16]``). The copy is marked as a layout rewrite:
     ``SplitLayoutRewritePreproc`` moves it out of the kernel and ``FoldConstant`` runs it once,
-    at compile time. Returns the packed buffer's name and the dimension split."""
+    at compile time. Returns the packed buffer's name."""
     index, d = _read_dim(sch, block, name, var)
     copy = sch.cache_read(block, index, "global")
     sch.annotate(copy, "meta_schedule.layout_rewrite_preproc", True)
     ndim = len(sch.get(block).reads[index].region)
 
     def layout(*axes):
-        return [*axes[:d], axes[d] // lanes_, *axes[d + 1 :], axes[d] % lanes_]
+        return [axes[d] // lanes_, *axes[:d], *axes[d + 1 :], axes[d] % lanes_]
 
     written = sch.get(copy).writes[0].source.name
     position = _read_dim(sch, block, written, None)[0]
     sch.transform_layout(block, ("read", position), tirx.IndexMap.from_func(layout, ndim=ndim))
-    return written, d
+    return written
 
 
 def _relayout(sch, block, name: str, var, producers) -> None:
@@ -282,58 +325,7 @@ def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> 
     return prefetch.annotate(sch, reduce, stream, tiles, total // blocks), True
 
 
-def inline_epilogue(sch, writeback):
-    """Fold the element-wise consumers of the write-back into it; a diamond (SiLU ``x · σ(x)``,
-    GELU) is inlined forward to one consumer first (docs/explanation/cpu_schedules.md)."""
-    while True:
-        consumers = sch.get_consumers(writeback)
-        if len(consumers) > 1:
-            if not _inline_one_forward(sch, consumers):
-                return writeback
-            continue
-        if not consumers:
-            return writeback
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:  # not element-wise: it stays a loop of its own
-            return writeback
-
-
-def _inline_one_forward(sch, blocks) -> bool:
-    """Inline the first of ``blocks`` TVM lets be inlined into its consumers; whether one was."""
-    for block in blocks:
-        try:
-            sch.compute_inline(block)
-            return True
-        except s_tir.ScheduleError:
-            continue
-    return False
-
-
-def vectorize_tile(sch, loops, width: int) -> None:
-    """Unroll a tile's loops and vectorise the innermost where it fills vectors. A loop whose
-    extent is not a constant (a per-tile padding window clipped at the border) is left as it
-    is: TVM rejects unrolling it only when it builds, too late for the rule to decline."""
-    if not loops:
-        return
-    for loop in loops[:-1]:
-        if const_int(sch.get(loop).extent) is not None:
-            sch.unroll(loop)
-    extent = const_int(sch.get(loops[-1]).extent)
-    if extent is None:
-        return
-    lanes_ = vector_lanes(extent, width)
-    if lanes_ == 1:
-        sch.unroll(loops[-1])
-        return
-    vector = loops[-1] if lanes_ == extent else sch.split(loops[-1], [None, lanes_])[1]
-    sch.vectorize(vector)
-
-
 # ---------------------------------------------------------------------------- injective
-
-
-_MIN_PARALLEL = 16  # outer iterations that keep the threads busy
 
 
 class RowReductionRule(ScheduleRule):
@@ -354,47 +346,10 @@ class InjectiveRule(_CPURule):
     """Only spatial blocks: inline what can be, vectorise and parallelise what remains."""
 
     def schedule(self, sch, target) -> bool:
+        simplify_indices(sch)
         infos = [get_sblock_info(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
         if not infos or any(i.dom_kind().strip("S") for i in infos):
             return False
         for info in try_inline(sch, infos):
             schedule_injective_block(sch, info.block_rv, lanes(target))
         return True
-
-
-def schedule_injective_block(sch, block, width: int) -> None:
-    """Vectorise the innermost loop (the part that fills vectors), parallelise the others. An
-    innermost loop too short for a full vector (an image's 3 channels) is unrolled inside a
-    serial loop over the next axis, not fused into the parallel loop: there each element paid
-    the fused index's divisions and its own bounds test (the padded 224×224×3 input of a first
-    convolution took 0.115 ms of its 0.25)."""
-    loops = sch.get_loops(block)
-    extents = [const_int(sch.get(loop).extent) for loop in loops]
-    if not loops or any(e is None for e in extents):
-        return
-    lanes_ = vector_lanes(extents[-1], width)
-    if lanes_ > 1:
-        across = _transposed_loop(sch, block, extents, width)
-        outer, vector = sch.split(loops[-1], [None, lanes_])
-        if across is not None:  # the serial loop the vectors gather along goes inside
-            sch.reorder(outer, loops[across])
-        sch.vectorize(vector)
-        loops = sch.get_loops(block)[: -1 if across is None else -2]
-    elif extents[-1] < width and len(loops) > 2 and math.prod(extents[:-2]) >= _MIN_PARALLEL:
-        sch.unroll(loops[-1])
-        loops = loops[:-2]
-    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
-
-
-def _transposed_loop(sch, block, extents, width: int) -> int | None:
-    """The loop that walks the last (contiguous) axis of a transposing block's one input, when
-    that is not the innermost loop and spans whole vectors (NHWC → NCHW: the channel loop)."""
-    info = get_sblock_info(sch, block)
-    reads = sch.get(block).reads
-    if len(reads) != 1 or not _trivially_bound(sch, info):
-        return None
-    last = expr_vars(reads[0].region[-1].min)
-    hits = [i for i, iv in enumerate(info.iters) if iv.var in last]
-    if len(hits) != 1 or hits[0] == len(extents) - 1 or extents[hits[0]] < width:
-        return None
-    return hits[0]

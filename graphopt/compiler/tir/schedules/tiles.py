@@ -101,11 +101,17 @@ def register_shapes(
     shapes = []
     for g in _divisors(groups_max):
         for r in _divisors(rows_max):
-            cost = VECTOR_LOAD_COST * g + r if broadcast else g * r + g
             if g * r <= budget:
-                shapes.append(((g * r / cost, g * r), (g, r)))
+                shapes.append(((shape_score(g, r, broadcast), g * r), (g, r)))
     shapes.sort(key=lambda item: item[0], reverse=True)
     return [shape for _, shape in shapes] or [(1, 1)]
+
+
+def shape_score(groups: int, rows: int, broadcast: bool = True) -> float:
+    """Multiply-adds per unit of load cost of a ``groups × rows`` tile (see
+    :func:`register_shape`)."""
+    cost = VECTOR_LOAD_COST * groups + rows if broadcast else groups * rows + groups
+    return groups * rows / cost
 
 
 def _divisors(n: int) -> list[int]:
@@ -220,9 +226,9 @@ def _plan(var, reads, constants, intermediates) -> list[tuple[str, str]] | None:
 
 
 def access(region, var, constants, intermediates) -> str | None:
-    """DIRECT when ``var`` indexes only the last dimension, with stride 1; else PACK when it
-    alone indexes one dimension of a constant, RELAYOUT when it indexes one dimension of an
-    in-kernel intermediate with stride 1; None otherwise."""
+    """PACK when ``var`` alone indexes one dimension of a constant that other loops index too;
+    else DIRECT when it indexes only the last dimension, with stride 1; RELAYOUT when it indexes
+    one dimension of an in-kernel intermediate with stride 1; None otherwise."""
     from tvm.sym.pattern import detect_linear_equation
 
     dims = [r.min for r in region.region]
@@ -232,9 +238,13 @@ def access(region, var, constants, intermediates) -> str | None:
     coefficients = detect_linear_equation(dims[hits[0]], [var])
     if len(coefficients) != 2 or const_int(coefficients[0]) != 1:
         return None  # strided along var
+    constant = region.source.name in constants and dims[hits[0]].same_as(var)
     if hits[0] == len(dims) - 1:
-        return DIRECT
-    if region.source.name in constants and dims[hits[0]].same_as(var):
+        # a constant that other loops index too (dense weights [in, out]) is packed so that
+        # each block of outputs is one contiguous panel, not a line per reduction step
+        others = [d for k, d in enumerate(dims) if k != hits[0] and const_int(d) is None]
+        return PACK if constant and others else DIRECT
+    if constant:
         return PACK
     return RELAYOUT if region.source.name in intermediates else None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from graphopt.compiler.relax.winograd import INPUT, KERNEL, OUTPUT
-from graphopt.compiler.tir.schedules.rules import DECLINED, inline_epilogue, vectorize_tile
+from graphopt.compiler.tir.schedules.loops import DECLINED, inline_epilogue, vectorize_tile
 from graphopt.compiler.tir.schedules.tiles import const_int, vector_lanes
 
 
