@@ -16,8 +16,10 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from graphopt.compiler.tir.schedules import TILE_ATTR, prefetch
+from graphopt.compiler.tir.schedules.grouped import split_grouped_channels, unflatten_write
 from graphopt.compiler.tir.schedules.loops import (
     DECLINED,
+    downstream,
     inline_epilogue,
     schedule_injective_block,
     simplify_indices,
@@ -117,6 +119,8 @@ def _plan(sch, width: int, budget: int, variant: int) -> _Plan | None:
     if len(mains) != 1 or any(i.dom_kind().strip("S") for i in infos if i is not mains[0]):
         return None
     main = mains[0]
+    if split_grouped_channels(sch, main.block_rv):
+        main = get_sblock_info(sch, main.block_rv)
     kinds = main.dom_kind()
     spatial = kinds.count("S")
     extents = [const_int(i.dom) for i in main.iters[:spatial]]
@@ -293,11 +297,14 @@ def _tile_reduction(
     if marked:
         reduce, marked = _prefetch_next_block(sch, block, stream, outer, reduce)
     accumulator = sch.cache_write(block, 0, "local")
-    if tile.vector_loop != spatial - 1:  # the accumulator's vectors contiguous too
+    unflatten_write(sch, block)
+    ndim = len(sch.get(block).writes[0].region)
+    if tile.vector_loop != spatial - 1 and ndim == spatial:  # its vectors contiguous too
         sch.transform_layout(
             block, ("write", 0), tirx.IndexMap.from_func(_last(tile.vector_loop), ndim=spatial)
         )
     epilogue = inline_epilogue(sch, accumulator)
+    rest = downstream(sch, epilogue)  # a broadcast (a gate over a feature map) and after it
     sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
     for producer in per_tile:  # before the outer loops are fused: a tile's region is then known
         sch.compute_at(producer, outer[-1], preserve_unit_loops=True)
@@ -309,6 +316,8 @@ def _tile_reduction(
     init = sch.decompose_reduction(block, reduce[0] if reduce else inner[0])
     for b in (init, epilogue):
         vectorize_tile(sch, sch.get_loops(b)[1:], width)
+    for b in rest:
+        schedule_injective_block(sch, b, width)
     return marked
 
 

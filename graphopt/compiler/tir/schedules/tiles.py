@@ -199,7 +199,7 @@ def _vector_loop(candidates, extents, index_vars, reads, width, constants, inter
     convolutions, it beats direct 8-lane vectors only where those are narrower."""
     best, best_key = (candidates[-1], []), None
     for depth, i in enumerate(reversed(candidates)):
-        plan = _plan(index_vars[i], reads, constants, intermediates)
+        plan = _plan(index_vars[i], extents[i], reads, constants, intermediates)
         if plan is None:
             continue
         kinds = [how for _, how in plan] or [DIRECT]
@@ -212,23 +212,25 @@ def _vector_loop(candidates, extents, index_vars, reads, width, constants, inter
     return best
 
 
-def _plan(var, reads, constants, intermediates) -> list[tuple[str, str]] | None:
+def _plan(var, extent, reads, constants, intermediates) -> list[tuple[str, str]] | None:
     """How each read that depends on ``var`` becomes contiguous along it (None: one cannot)."""
     plan = []
     for region in reads:
         if var not in _vars_in(region):
             continue
-        how = access(region, var, constants, intermediates)
+        how = access(region, var, constants, intermediates, extent)
         if how is None:
             return None
         plan.append((region.source.name, how))
     return plan
 
 
-def access(region, var, constants, intermediates) -> str | None:
-    """PACK when ``var`` alone indexes one dimension of a constant that other loops index too;
-    else DIRECT when it indexes only the last dimension, with stride 1; RELAYOUT when it indexes
-    one dimension of an in-kernel intermediate with stride 1; None otherwise."""
+def access(region, var, constants, intermediates, extent: int = 0) -> str | None:
+    """PACK when ``var`` alone indexes one dimension of a constant that other loops index too
+    (plainly, or offset by a multiple of ``extent``, the loop's own: ``g·opg + f`` for the
+    channel ``f`` of group ``g``); else DIRECT when it indexes only the last dimension, with
+    stride 1; RELAYOUT when it indexes one dimension of an in-kernel intermediate with stride 1;
+    None otherwise."""
     from tvm.sym.pattern import detect_linear_equation
 
     dims = [r.min for r in region.region]
@@ -238,7 +240,8 @@ def access(region, var, constants, intermediates) -> str | None:
     coefficients = detect_linear_equation(dims[hits[0]], [var])
     if len(coefficients) != 2 or const_int(coefficients[0]) != 1:
         return None  # strided along var
-    constant = region.source.name in constants and dims[hits[0]].same_as(var)
+    aligned = dims[hits[0]].same_as(var) or _multiple(coefficients[1], extent)
+    constant = region.source.name in constants and aligned
     if hits[0] == len(dims) - 1:
         # a constant that other loops index too (dense weights [in, out]) is packed so that
         # each block of outputs is one contiguous panel, not a line per reduction step
@@ -247,6 +250,14 @@ def access(region, var, constants, intermediates) -> str | None:
     if constant:
         return PACK
     return RELAYOUT if region.source.name in intermediates else None
+
+
+def _multiple(expr, n: int) -> bool:
+    """Whether ``expr`` is provably a multiple of ``n`` (> 1)."""
+    from tvm import tirx
+    from tvm.sym import Analyzer
+
+    return n > 1 and const_int(Analyzer().simplify(tirx.floormod(expr, n))) == 0
 
 
 def _vars_in(region) -> set:
