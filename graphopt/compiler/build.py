@@ -33,9 +33,11 @@ from graphopt.compiler.relax.fast_math import fast_math_legalizations
 from graphopt.compiler.relax.fold import fold_batch_norm
 from graphopt.compiler.relax.layout import channels_last
 from graphopt.compiler.relax.nan_semantics import nan_propagating_legalizations
+from graphopt.compiler.relax.wide_rows import wide_rows
 from graphopt.compiler.relax.winograd import winograd_convolutions
 from graphopt.compiler.targets import ResolvedTarget, resolve_target
 from graphopt.compiler.tir.lowering import compile_module
+from graphopt.compiler.tir.schedules.tiles import lanes, registers
 from graphopt.compiler.tune.tuning import Tuning, tune_and_apply
 from graphopt.errors import CompileError
 from graphopt.frontend.fx import ExampleInputs, as_input_tuple
@@ -123,6 +125,7 @@ def lower_program(
         mod = channels_last(mod)
         if winograd:
             mod = winograd_convolutions()(mod)
+        mod = wide_rows(lanes(target.tvm()), registers(target.tvm()))(mod)
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

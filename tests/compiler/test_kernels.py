@@ -42,6 +42,13 @@ def test_every_kernel_is_timed_and_the_conv_does_its_flops():
     assert "| kernel | calls |" in report.table()
 
 
+def test_reshapes_that_become_views_are_not_counted_as_kernels():
+    # a linear layer on a token sequence: reshapes to 2-D and back, views once compiled
+    report = kernel_report(nn.Linear(16, 24).eval(), torch.randn(1, 5, 16), repeats=1)
+    assert [k.name for k in report.kernels if "reshape" in k.name] == []
+    assert any("matmul" in k.name for k in report.kernels)
+
+
 @pytest.mark.slow  # 1.5-5 min of MetaSchedule tuning on 2 cores: run by `make bench`
 def test_kernels_with_a_cache_record_run_their_tuned_schedule(tmp_path):
     model, x = conv_relu()

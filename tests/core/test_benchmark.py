@@ -40,3 +40,19 @@ def test_the_order_of_turns_rotates_so_each_contender_follows_every_other():
     assert order == list("abc" + "bca" + "cab")
     follows = {(x, y) for x, y in zip(order, order[1:], strict=False) if x != y}
     assert follows >= {("a", "b"), ("b", "c"), ("c", "a"), ("a", "c")}
+
+
+def test_each_turn_warms_up_until_the_previous_runtimes_interference_has_passed():
+    import time
+
+    last_a = [0.0]
+
+    def a():
+        last_a[0] = time.perf_counter()
+
+    def b():  # slow while a's (simulated) spinning workers still hold the cores
+        time.sleep(0.004 if time.perf_counter() - last_a[0] < 0.03 else 0.0)
+
+    cold = time_interleaved({"a": a, "b": b}, rounds=4, warmup=0, burst=2, discard=0)
+    warm = time_interleaved({"a": a, "b": b}, rounds=4, warmup=0, burst=2, discard=0, warm_s=0.05)
+    assert cold["b"].median_ms >= 3.5 and warm["b"].p90_ms < 1.0

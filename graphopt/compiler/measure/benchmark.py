@@ -30,6 +30,7 @@ def time_interleaved(
     burst: int = 1,
     discard: int | None = None,
     settle_s: float = 0.0,
+    warm_s: float = 0.0,
 ) -> dict[str, Timing]:
     """Time every contender ``rounds`` times, one turn of each per round, after ``warmup``.
 
@@ -41,10 +42,17 @@ def time_interleaved(
     (measured: ONNX Runtime's MobileNetV2 median 7.9 ms in turns of 5 calls, 3.4 ms alone).
     The order of the turns rotates from round to round, so that no contender always follows
     the same one (the e2e bench's contender right after ONNX Runtime had p90s of 1.5–2× its
-    median, another one compiling the same code within 20 %). ``settle_s`` seconds of sleep
-    before each turn let the previous runtime's spinning threads go to sleep first: on 2 cores,
-    a spinning ONNX Runtime worker sharing a core with a TVM worker held every call of a
-    0.2 ms artifact's burst to a scheduler time slice (8-12 ms), in one run out of two.
+    median, another one compiling the same code within 20 %).
+
+    ``warm_s``: each turn first calls the contender, unrecorded, for this many seconds, so that
+    what is recorded is its steady state: the previous runtime's workers have stopped spinning
+    (after a PyTorch eager turn, ONNX Runtime's calls ran 2-3× slower for ~150 ms on a 2-core
+    VM) and the contender's own are awake. ``settle_s`` seconds of sleep before each turn were
+    the earlier answer to the spinning, and they are biased: while the process sleeps, a
+    runtime's workers park, and one that synchronises its workers at every operator (ONNX
+    Runtime) pays the wake-ups in the calls that follow (measured, MobileNetV2, 2 threads:
+    ONNX Runtime 8.2 ms without the sleep, 13.6-19 ms with 20 ms of it, the TVM artifact 7.8 →
+    6.0 ms). Prefer ``warm_s``.
     """
     skip = (1 if burst > 1 else 0) if discard is None else discard
     if skip >= burst:
@@ -59,12 +67,20 @@ def time_interleaved(
         for name, fn in order[shift:] + order[:shift]:
             if settle_s:
                 time.sleep(settle_s)
+            _run_for(fn, warm_s)
             for call in range(burst):
                 start = time.perf_counter()
                 fn()
                 if call >= skip:
                     samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: _summarise(values) for name, values in samples.items()}
+
+
+def _run_for(fn: Callable[[], Any], seconds: float) -> None:
+    """Call ``fn`` until ``seconds`` have passed (not at all for 0)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
 
 
 def _summarise(values: list[float]) -> Timing:
