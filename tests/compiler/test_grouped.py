@@ -47,9 +47,7 @@ def grouped_convs(draw):
     per_out = draw(st.sampled_from([1, 2, 4, 8, 16]))
     kernel = draw(st.sampled_from([1, 3]))
     stride = draw(st.sampled_from([1, 2]))
-    conv = nn.Conv2d(
-        groups * per_in, groups * per_out, kernel, stride, kernel // 2, groups=groups
-    )
+    conv = nn.Conv2d(groups * per_in, groups * per_out, kernel, stride, kernel // 2, groups=groups)
     act = draw(st.sampled_from([nn.ReLU(), nn.SiLU(), nn.Identity()]))
     size = draw(st.sampled_from([5, 7, 12]))
     return nn.Sequential(conv, act), (1, groups * per_in, size, size)
