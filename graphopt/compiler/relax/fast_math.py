@@ -135,8 +135,6 @@ def softmax(x, axis: int):
         return tensor(*[i[d] for d in keep])
 
     top = row_reduce(x, te.max, "softmax_max")
-    e = te.compute(
-        x.shape, lambda *i: exp_keeping_nan(x(*i) - of_row(top, i)), name="softmax_exp"
-    )
+    e = te.compute(x.shape, lambda *i: exp_keeping_nan(x(*i) - of_row(top, i)), name="softmax_exp")
     total = row_reduce(e, te.sum, "softmax_sum")
     return te.compute(x.shape, lambda *i: e(*i) / of_row(total, i), name="softmax_norm")
