@@ -173,9 +173,11 @@ def test_batch_norm_is_folded_into_the_convolutions_before_it():
     found = kernels(lowered(conv_bn_model(), torch.randn(1, 3, 12, 12)))
     convs = sorted(n for n in found if "conv2d" in n)
     assert len(convs) == 4, convs  # folding never duplicates a convolution
-    unfolded = [n for n in convs if "divide" in n]
-    # only the convolution whose output the residual add reads too keeps its BatchNorm
+    unfolded = [n for n in convs if "multiply" in n]
+    # only the convolution whose output the residual add reads too keeps its BatchNorm, as a
+    # multiply-add (relax/fold.py), not TVM's subtract, divide, multiply and add
     assert len(unfolded) == 1 and unfolded[0].count("add") == 2, convs
+    assert not any("divide" in n or "subtract" in n for n in convs), convs
     assert any("maximum" in n and "minimum" in n for n in convs), convs  # BN + ReLU6 fused in
 
 
@@ -217,6 +219,7 @@ def test_layout_transposes_vectorise_inside_a_loop_over_the_inputs_contiguous_ax
 
 
 def test_batch_norm_is_folded_for_cuda_too():
-    """Before dlight schedules it: the Relax module keeps only the shared convolution's BN."""
+    """Before dlight schedules it: only the shared convolution keeps its BN, a multiply-add."""
     script = lowered(conv_bn_model(), torch.randn(1, 3, 12, 12), target="cuda").script()
-    assert script.count("R.nn.batch_norm(") == 1 and script.count("R.nn.conv2d(") == 4
+    assert script.count("R.nn.batch_norm(") == 0 and script.count("R.nn.conv2d(") == 4
+    assert script.count("R.multiply(") == 1, script

@@ -62,6 +62,23 @@ def kernels(mod) -> dict:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
+def parallel_ir(model: nn.Module, x: torch.Tensor, name_part: str) -> str:
+    """LLVM IR of the parallel body of the first kernel whose name holds ``name_part``, built
+    through graphopt's pipeline for the host."""
+    import tvm
+
+    from graphopt.compiler.targets import resolve_target
+    from graphopt.compiler.tir.lowering import pipeline_for
+
+    found = kernels(lowered(model.eval(), x))
+    name = next(n for n in sorted(found) if name_part in n)
+    kernel = tvm.IRModule({"main": found[name].with_attr("global_symbol", "main")})
+    target = resolve_target("llvm").tvm()
+    source = tvm.tirx.build(kernel, target=target, pipeline=pipeline_for(target))
+    source = source.inspect_source("ll")
+    return source[source.index("@__tvm_parallel_lambda") :]
+
+
 def test_every_kernel_of_a_cnn_gets_a_default_schedule_and_weights_are_packed_at_compile_time():
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -1,4 +1,5 @@
-"""Inference BatchNorm folded into the convolution before it, on the Relax module.
+"""Inference BatchNorm folded into the convolution before it, on the Relax module; one that
+cannot be (after a concatenation, a ReLU, a pooling) becomes one multiply-add.
 
 ``conv2d(x, W) [+ b] → batch_norm(γ, β, μ, σ²)`` becomes ``conv2d(x, W·s) + (b − μ)·s + β`` with
 ``s = γ / √(σ² + ε)`` per output channel; ``FoldConstant`` then computes the new weights once, at
@@ -10,6 +11,10 @@ convolution when its output has another user; this pass folds convolutions with 
 leaves a convolution alone when anything besides the BatchNorm reads its output (folding would
 then compute it twice). It runs on the NCHW module ``from_exported_program`` gives (channel axis
 1, OIHW weights), before the layout changes.
+
+A BatchNorm left over is rewritten as ``x·s + (β − μ·s)``: TVM's ``DecomposeOpsForInference``
+would compute a subtract, a division, a multiply and an add per element (DenseNet's
+BatchNorm + ReLU after each concatenation).
 """
 
 from __future__ import annotations
@@ -22,22 +27,36 @@ def fold_batch_norm(mod):
 
     fold_constants = relax.transform.FoldConstant()  # the frontend's reshaped conv biases
     return tvm.transform.Sequential(
-        [fold_constants, _fold(), fold_constants, relax.transform.DeadCodeElimination()]
+        [
+            fold_constants,
+            _fold(),
+            _affine(),
+            fold_constants,
+            relax.transform.DeadCodeElimination(),
+        ]
     )(mod)
 
 
 def _fold():
+    return _function_pass("graphopt.FoldBatchNorm", _fold_function)
+
+
+def _affine():
+    return _function_pass("graphopt.BatchNormAsMultiplyAdd", _affine_function)
+
+
+def _function_pass(name: str, rewrite):
     import tvm
     from tvm import relax
 
-    @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.FoldBatchNorm")
-    def fold(mod, _ctx):
+    @tvm.ir.transform.module_pass(opt_level=0, name=name)
+    def run(mod, _ctx):
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                mod[gvar] = _fold_function(func)
+                mod[gvar] = rewrite(func)
         return mod
 
-    return fold
+    return run
 
 
 def _fold_function(func):
@@ -58,6 +77,44 @@ def _fold_function(func):
         return _folded(source, shift, matches[norm])
 
     return rewrite_call(TupleGetItemPattern(norm, 0), rewrite, func)
+
+
+def _affine_function(func):
+    from tvm import relax
+    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+
+    norm = is_op("relax.nn.batch_norm")(wildcard(), *(is_const() for _ in range(4)))
+
+    def rewrite(expr, matches):
+        call = matches[norm]
+        if bool(call.attrs.training):
+            return expr
+        x = call.args[0]
+        scale, shift = _scale_shift(call, str(x.ty.dtype))
+        axis, rank = int(call.attrs.axis), len(x.ty.shape)
+        axis = axis % rank
+        shape = [1] * rank  # full rank: ConvertLayout transposes it with x
+        shape[axis] = int(x.ty.shape[axis])
+        scaled = relax.op.multiply(x, relax.op.reshape(scale, shape))
+        return relax.op.add(scaled, relax.op.reshape(shift, shape))
+
+    return rewrite_call(TupleGetItemPattern(norm, 0), rewrite, func)
+
+
+def _scale_shift(norm, dtype: str):
+    """``s = γ/√(σ²+ε)`` and ``β − μ·s`` (γ, β unused where the BatchNorm has none:
+    ``BatchNorm(affine=False)`` exports ``scale=False, center=False``)."""
+    from tvm import relax
+
+    gamma, beta, mean, var = norm.args[1:]
+    eps = relax.const(float(norm.attrs.epsilon), dtype)
+    scale = relax.op.divide(relax.const(1.0, dtype), relax.op.sqrt(var + eps))
+    if norm.attrs.scale:
+        scale = relax.op.multiply(scale, gamma)
+    shift = relax.op.multiply(-mean, scale)
+    if norm.attrs.center:
+        shift = relax.op.add(shift, beta)
+    return scale, shift
 
 
 def _single_user_values(func):
@@ -100,16 +157,10 @@ def _folded(conv, bias, norm):
     from tvm import relax
 
     x, weight = conv.args
-    gamma, beta, mean, var = norm.args[1:]
-    attrs, channels = norm.attrs, int(weight.ty.shape[0])
-    eps = relax.const(float(attrs.epsilon), str(weight.ty.dtype))
-    scale = relax.op.divide(relax.const(1.0, str(weight.ty.dtype)), relax.op.sqrt(var + eps))
-    if attrs.scale:  # scale=False / center=False: BatchNorm(affine=False), γ and β unused
-        scale = relax.op.multiply(scale, gamma)
-    centred = -mean if bias is None else relax.op.reshape(bias, (channels,)) - mean
-    shift = relax.op.multiply(centred, scale)
-    if attrs.center:
-        shift = relax.op.add(shift, beta)
+    channels = int(weight.ty.shape[0])
+    scale, shift = _scale_shift(norm, str(weight.ty.dtype))
+    if bias is not None:
+        shift = relax.op.add(shift, relax.op.multiply(relax.op.reshape(bias, (channels,)), scale))
     new_weight = relax.op.multiply(weight, relax.op.reshape(scale, (channels, 1, 1, 1)))
     out = relax.Call(conv.op, [x, new_weight], conv.attrs)
     return relax.op.add(out, relax.op.reshape(shift, (1, channels, 1, 1)))

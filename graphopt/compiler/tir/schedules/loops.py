@@ -10,6 +10,7 @@ import math
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
+from graphopt.compiler.tir.schedules.seams import split_at_seams
 from graphopt.compiler.tir.schedules.tiles import const_int, expr_vars, vector_lanes
 
 # what a schedule step raises when it rejects a kernel (TVM's checks) or finds no buffer
@@ -115,7 +116,10 @@ def schedule_injective_block(sch, block, width: int) -> None:
     innermost loop too short for a full vector (an image's 3 channels) is unrolled inside a
     serial loop over the next axis, not fused into the parallel loop: there each element paid
     the fused index's divisions and its own bounds test (the padded 224×224×3 input of a first
-    convolution took 0.115 ms of its 0.25)."""
+    convolution took 0.115 ms of its 0.25). A loop along a concatenated axis runs one piece
+    per input (:mod:`.seams`)."""
+    if split_at_seams(sch, block, width):
+        return
     loops = sch.get_loops(block)
     extents = [const_int(sch.get(loop).extent) for loop in loops]
     if not loops or any(e is None for e in extents):
