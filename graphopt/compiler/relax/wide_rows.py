@@ -44,6 +44,20 @@ def wider(width: int, out_channels: int, lanes: int, budget: int) -> int:
     return choice
 
 
+def more_channels(width: int, out_channels: int, lanes: int, budget: int) -> int:
+    """The output channels to compute for a dense convolution with ``out_channels`` (itself
+    when the next multiple of ``lanes`` does not gain :data:`MIN_GAIN` by the tile model)."""
+    from graphopt.compiler.tir.schedules.tiles import register_shapes, shape_score, vector_lanes
+
+    def score(channels: int) -> float:
+        vector = vector_lanes(channels, lanes)
+        g, r = register_shapes(channels // vector, width, budget)[0]
+        return vector / lanes * shape_score(g, r) * out_channels / channels
+
+    padded = -(-out_channels // lanes) * lanes
+    return padded if score(padded) >= MIN_GAIN * score(out_channels) else out_channels
+
+
 def wide_rows(lanes: int, budget: int):
     """The Relax module pass widening every channels-last convolution :func:`wider` picks
     (run after ``channels_last``)."""
@@ -58,8 +72,10 @@ def wide_rows(lanes: int, budget: int):
             call = super().visit_call_(call)
             if not call.op.same_as(conv2d):
                 return call
-            width = _widened(call, lanes, budget)
-            return call if width is None else _cropped(self.builder_, call, width)
+            width, channels = _widened(call, lanes, budget)
+            if width is None and channels is None:
+                return call
+            return _cropped(self.builder_, call, width, channels)
 
     @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.WideRows")
     def rewrite(mod, _ctx):
@@ -72,30 +88,48 @@ def wide_rows(lanes: int, budget: int):
     return rewrite
 
 
-def _widened(call, lanes: int, budget: int) -> int | None:
-    """The wider output width for the NHWC convolution ``call``, or None."""
+def _widened(call, lanes: int, budget: int) -> tuple[int | None, int | None]:
+    """The wider output width and the output channels for the NHWC convolution ``call``
+    (None for each that stays)."""
     attrs = call.attrs
     if (attrs.data_layout, attrs.out_layout) != ("NHWC", "NHWC") or not hasattr(call.ty, "shape"):
-        return None
+        return None, None
     try:
         n, h, w, c = (int(d) for d in call.ty.shape)
     except TypeError:  # a symbolic dimension
-        return None
-    width = wider(w, c // int(attrs.groups) if int(attrs.groups) > 1 else c, lanes, budget)
-    return width if width > w else None
+        return None, None
+    groups = int(attrs.groups)
+    width = wider(w, c // groups if groups > 1 else c, lanes, budget)
+    channels = c
+    if groups == 1 and attrs.kernel_layout == "OHWI" and _constant(call.args[1]) is not None:
+        channels = more_channels(width, c, lanes, budget)
+    return (width if width > w else None), (channels if channels > c else None)
 
 
-def _cropped(builder, call, width: int):
-    """``strided_slice(conv(x, padding right + extra·stride), columns [0, W))``."""
+def _constant(expr):
+    from tvm import ir
+
+    return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
+
+
+def _cropped(builder, call, width: int | None, channels: int | None):
+    """``strided_slice(conv(x, padding right + extra·stride, zero filters), [0, W), [0, C))``."""
+    import numpy as np
     from tvm import relax
 
     attrs = call.attrs
-    w = int(call.ty.shape[2])
+    w, c = int(call.ty.shape[2]), int(call.ty.shape[3])
     top, left, bottom, right = (int(p) for p in attrs.padding)
-    right += (width - w) * int(attrs.strides[1])
+    if width is not None:
+        right += (width - w) * int(attrs.strides[1])
+    x, weight = call.args
+    if channels is not None:
+        filters = _constant(weight)
+        weight = relax.const(np.pad(filters, [(0, channels - c)] + [(0, 0)] * 3))
     wide = builder.emit(
         relax.op.nn.conv2d(
-            *call.args,
+            x,
+            weight,
             strides=[int(s) for s in attrs.strides],
             padding=[top, left, bottom, right],
             dilation=[int(d) for d in attrs.dilation],
@@ -106,4 +140,6 @@ def _cropped(builder, call, width: int):
             out_dtype=attrs.out_dtype,
         )
     )
-    return relax.op.strided_slice(wide, axes=[2], begin=[0], end=[w])
+    axes = [a for a, grown in ((2, width), (3, channels)) if grown is not None]
+    ends = [w if a == 2 else c for a in axes]
+    return relax.op.strided_slice(wide, axes=axes, begin=[0] * len(axes), end=ends)
