@@ -61,31 +61,19 @@ def _has_conv2d(mod) -> bool:
 
 
 def _clip_as_min_max():
-    import tvm
+    from graphopt.compiler.relax.calls import rewrite_calls
+
+    return rewrite_calls("graphopt.ClipAsMinMax", "relax.clip", _min_max)
+
+
+def _min_max(builder, call):
     from tvm import relax
 
-    clip = tvm.ir.Op.get("relax.clip")
-
-    @relax.expr_functor.mutator
-    class ClipAsMinMax(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(clip):
-                return call
-            x, lo, hi = call.args
-            dtype = str(x.ty.dtype.dtype)
-            lower = relax.op.maximum(relax.const(_value(lo), dtype), x)  # constants first:
-            upper = relax.const(_value(hi), dtype)  # NaN passes (see nan_semantics)
-            return relax.op.minimum(upper, self.builder_.emit(lower))
-
-    @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.ClipAsMinMax")
-    def rewrite(mod, _ctx):
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mod[gvar] = ClipAsMinMax(mod).visit_expr(func)
-        return mod
-
-    return rewrite
+    x, lo, hi = call.args
+    dtype = str(x.ty.dtype.dtype)
+    lower = relax.op.maximum(relax.const(_value(lo), dtype), x)  # constants first:
+    upper = relax.const(_value(hi), dtype)  # NaN passes (see nan_semantics)
+    return relax.op.minimum(upper, builder.emit(lower))
 
 
 def _value(bound) -> float:

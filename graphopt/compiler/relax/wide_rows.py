@@ -59,33 +59,17 @@ def more_channels(width: int, out_channels: int, lanes: int, budget: int) -> int
 
 
 def wide_rows(lanes: int, budget: int):
-    """The Relax module pass widening every channels-last convolution :func:`wider` picks
-    (run after ``channels_last``)."""
-    import tvm
-    from tvm import relax
+    """The Relax module pass widening every channels-last convolution :func:`wider` and
+    :func:`more_channels` pick (run after ``channels_last``)."""
+    from graphopt.compiler.relax.calls import rewrite_calls
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    def rewrite(builder, call):
+        width, channels = _widened(call, lanes, budget)
+        if width is None and channels is None:
+            return None
+        return _cropped(builder, call, width, channels)
 
-    @relax.expr_functor.mutator
-    class Widen(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(conv2d):
-                return call
-            width, channels = _widened(call, lanes, budget)
-            if width is None and channels is None:
-                return call
-            return _cropped(self.builder_, call, width, channels)
-
-    @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.WideRows")
-    def rewrite(mod, _ctx):
-        mutator = Widen(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return rewrite
+    return rewrite_calls("graphopt.WideRows", "relax.nn.conv2d", rewrite)
 
 
 def _widened(call, lanes: int, budget: int) -> tuple[int | None, int | None]:

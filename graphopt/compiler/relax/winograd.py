@@ -164,25 +164,18 @@ def winograd_convolutions():
     import tvm
     from tvm import relax
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    from graphopt.compiler.relax.calls import rewrite_calls
 
-    @relax.expr_functor.mutator
-    class Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            m = _tile_for(call) if call.op.same_as(conv2d) else None
-            return call if m is None else _rewritten(self.builder_, call, transform(m))
+    def rewrite(builder, call):
+        m = _tile_for(call)
+        return None if m is None else _rewritten(builder, call, transform(m))
 
-    @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.WinogradConvolutions")
-    def rewrite(mod, _ctx):
-        mod = relax.transform.FoldConstant()(mod)  # ConvertLayout's transposed weights
-        mutator = Rewrite(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return rewrite
+    return tvm.transform.Sequential(
+        [
+            relax.transform.FoldConstant(),  # ConvertLayout's transposed weights
+            rewrite_calls("graphopt.WinogradConvolutions", "relax.nn.conv2d", rewrite),
+        ]
+    )
 
 
 def _tile_for(call) -> int | None:

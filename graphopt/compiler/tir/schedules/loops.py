@@ -118,7 +118,7 @@ def schedule_injective_block(sch, block, width: int) -> None:
     the fused index's divisions and its own bounds test (the padded 224×224×3 input of a first
     convolution took 0.115 ms of its 0.25). A loop along a concatenated axis runs one piece
     per input (:mod:`.seams`)."""
-    if split_at_seams(sch, block, width):
+    if trivially_bound(sch, get_sblock_info(sch, block)) and split_at_seams(sch, block, width):
         return
     loops = sch.get_loops(block)
     extents = [const_int(sch.get(loop).extent) for loop in loops]

@@ -20,7 +20,6 @@ import math
 
 import tvm_ffi
 from tvm import ir, tirx
-from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from graphopt.compiler.tir.schedules.tiles import const_int, expr_vars, vector_lanes
 
@@ -30,15 +29,11 @@ _IF_THEN_ELSE = ir.Op.get("prim.if_then_else")
 def split_at_seams(sch, block, width: int) -> bool:
     """Schedule an injective ``block`` whose innermost loop crosses concatenation seams: vectors
     of the largest width ≤ ``width`` dividing every seam, one loop of them per input, the
-    outer loops fused and parallel. False (nothing changed) where the innermost loop has no
-    seams, a test on it has a form this does not read, or the loops are not the block's own."""
+    outer loops fused and parallel. The block's loops must be its own, one per iter var in
+    order (:func:`.loops.trivially_bound`). False (nothing changed) where the innermost loop
+    has no seams or a test on it has a form this does not read."""
     loops = sch.get_loops(block)
-    info = get_sblock_info(sch, block)
-    if not loops or len(loops) != len(info.iters):
-        return False
-    if not all(
-        sch.get(a).same_as(sch.get(i.loop_rv)) for a, i in zip(loops, info.iters, strict=True)
-    ):
+    if not loops:
         return False
     extent = const_int(sch.get(loops[-1]).extent)
     cuts = [] if extent is None else seams(sch.get(block), extent)
