@@ -33,6 +33,7 @@ from graphopt.compiler.relax.fast_math import fast_math_legalizations
 from graphopt.compiler.relax.fold import fold_batch_norm
 from graphopt.compiler.relax.layout import channels_last
 from graphopt.compiler.relax.nan_semantics import nan_propagating_legalizations
+from graphopt.compiler.relax.sink_reshape import sink_reshapes
 from graphopt.compiler.relax.wide_rows import wide_rows
 from graphopt.compiler.relax.winograd import winograd_convolutions
 from graphopt.compiler.targets import ResolvedTarget, resolve_target
@@ -126,6 +127,7 @@ def lower_program(
         if winograd:
             mod = winograd_convolutions()(mod)
         mod = wide_rows(lanes(target.tvm()), registers(target.tvm()))(mod)
+        mod = sink_reshapes()(mod)
     prefix = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

@@ -28,6 +28,11 @@ MAX_EXTRA = 0.25  # at most this share of extra columns
 def wider(width: int, out_channels: int, lanes: int, budget: int) -> int:
     """The output width to compute for a convolution ``width`` wide (``width`` itself when no
     wider one gains :data:`MIN_GAIN` by the tile model)."""
+    return _widest(width, out_channels, lanes, budget)[0]
+
+
+def _widest(width: int, out_channels: int, lanes: int, budget: int) -> tuple[int, float]:
+    """(:func:`wider`'s width, its tile-model score counting only the useful columns)."""
     from graphopt.compiler.tir.schedules.tiles import register_shapes, shape_score, vector_lanes
 
     vector = vector_lanes(out_channels, lanes)
@@ -41,7 +46,17 @@ def wider(width: int, out_channels: int, lanes: int, budget: int) -> int:
     for w in range(width + 1, width + max(1, int(width * MAX_EXTRA)) + 1):
         if score(w) > best:
             best, choice = score(w), w
-    return choice
+    return choice, score(choice)
+
+
+def flattened(height: int, width: int, out_channels: int, lanes: int, budget: int) -> bool:
+    """Whether a pointwise convolution over ``height × width`` pixels tiles better with its
+    pixels as one row of ``height · width`` (a 7 × 7 map: 7 columns left tiles of 1 × 7 or
+    7 × 1; 49 pixels widened to 54 give 2 × 6) by :data:`MIN_GAIN` of the tile model."""
+    if height == 1:
+        return False
+    rows = _widest(width, out_channels, lanes, budget)[1]
+    return _widest(height * width, out_channels, lanes, budget)[1] >= MIN_GAIN * rows
 
 
 def more_channels(width: int, out_channels: int, lanes: int, budget: int) -> int:
@@ -61,13 +76,20 @@ def more_channels(width: int, out_channels: int, lanes: int, budget: int) -> int
 def wide_rows(lanes: int, budget: int):
     """The Relax module pass widening every channels-last convolution :func:`wider` and
     :func:`more_channels` pick (run after ``channels_last``)."""
+    from tvm import relax
+
     from graphopt.compiler.relax.calls import rewrite_calls
 
     def rewrite(builder, call):
-        width, channels = _widened(call, lanes, budget)
-        if width is None and channels is None:
-            return None
-        return _cropped(builder, call, width, channels)
+        flat = _flat(builder, call, lanes, budget)
+        width, channels = _widened(call if flat is None else flat, lanes, budget)
+        if flat is None:
+            if width is None and channels is None:
+                return None
+            return _cropped(builder, call, width, channels)
+        if width is not None or channels is not None:
+            flat = builder.emit(_cropped(builder, flat, width, channels))
+        return relax.op.reshape(flat, call.ty.shape)
 
     return rewrite_calls("graphopt.WideRows", "relax.nn.conv2d", rewrite)
 
@@ -90,6 +112,45 @@ def _widened(call, lanes: int, budget: int) -> tuple[int | None, int | None]:
     return (width if width > w else None), (channels if channels > c else None)
 
 
+def _flat(builder, call, lanes: int, budget: int):
+    """The pointwise NHWC convolution ``call`` over its pixels as one row, ``conv(reshape(x,
+    N × 1 × HW × C))`` (normalised: its shape known), where :func:`flattened` picks it."""
+    from tvm import relax
+
+    attrs = call.attrs
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
+        return None
+    try:
+        n, h, w, c = (int(d) for d in call.ty.shape)
+        k, kh, kw, ci = (int(d) for d in call.args[1].ty.shape)
+    except (TypeError, AttributeError):  # a symbolic dimension or no shape
+        return None
+    pointwise = (kh, kw) == (1, 1) and int(attrs.groups) == 1
+    plain = all(int(s) == 1 for s in attrs.strides) and all(int(p) == 0 for p in attrs.padding)
+    if not (pointwise and plain and flattened(h, w, c, lanes, budget)):
+        return None
+    x = builder.emit(relax.op.reshape(call.args[0], [n, 1, h * w, ci]))
+    return builder.normalize(_conv(x, call.args[1], attrs, [0, 0, 0, 0]))
+
+
+def _conv(x, weight, attrs, padding):
+    """``call``'s convolution with ``attrs`` on ``x`` and ``weight`` with another padding."""
+    from tvm import relax
+
+    return relax.op.nn.conv2d(
+        x,
+        weight,
+        strides=[int(s) for s in attrs.strides],
+        padding=padding,
+        dilation=[int(d) for d in attrs.dilation],
+        groups=int(attrs.groups),
+        data_layout=attrs.data_layout,
+        kernel_layout=attrs.kernel_layout,
+        out_layout=attrs.out_layout,
+        out_dtype=attrs.out_dtype,
+    )
+
+
 def _constant(expr):
     from tvm import ir
 
@@ -110,20 +171,7 @@ def _cropped(builder, call, width: int | None, channels: int | None):
     if channels is not None:
         filters = _constant(weight)
         weight = relax.const(np.pad(filters, [(0, channels - c)] + [(0, 0)] * 3))
-    wide = builder.emit(
-        relax.op.nn.conv2d(
-            x,
-            weight,
-            strides=[int(s) for s in attrs.strides],
-            padding=[top, left, bottom, right],
-            dilation=[int(d) for d in attrs.dilation],
-            groups=int(attrs.groups),
-            data_layout=attrs.data_layout,
-            kernel_layout=attrs.kernel_layout,
-            out_layout=attrs.out_layout,
-            out_dtype=attrs.out_dtype,
-        )
-    )
+    wide = builder.emit(_conv(x, weight, attrs, [top, left, bottom, right]))
     axes = [a for a, grown in ((2, width), (3, channels)) if grown is not None]
     ends = [w if a == 2 else c for a in axes]
     return relax.op.strided_slice(wide, axes=axes, begin=[0] * len(axes), end=ends)
