@@ -210,8 +210,8 @@ def deployable(model: nn.Module, example) -> nn.Module:
 def recover(compressed, original, example, data, cfg: Config, clip=None) -> tuple[dict, float]:
     """The model after each recovery stage (each starts from the previous one), and the
     distillation's wall time."""
-    from graphopt.testing.data import top1
     from graphopt.passes import BatchNormRecalibration, KnowledgeDistillation
+    from graphopt.testing.data import top1
 
     xv, yv = data["validation"]
     budget = {"steps": cfg.steps} if cfg.steps else {"epochs": cfg.epochs}
@@ -245,8 +245,8 @@ def recover(compressed, original, example, data, cfg: Config, clip=None) -> tupl
 def accuracy_stage(cfg: Config) -> list[dict]:
     """Compress and recover every (method, ratio); rows are cached in the scratch directory."""
     from graphopt.analysis.cost import model_stats
-    from graphopt.testing.data import top1
     from graphopt.frontend.fx import capture
+    from graphopt.testing.data import top1
 
     original, example = base_model()
     data = load_data(cfg)

@@ -28,8 +28,8 @@ TOLERANCES = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.2, 0.3, 0.5]  # past 1e-1: where m
 
 def main() -> None:
     import graphopt
-    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.passes import FoldBatchNorm, Net2NetDeepen, Net2NetShrink, Net2NetWiden
+    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.testing.zoo import cifar_resnet
 
     torch.set_num_threads(2)

@@ -173,8 +173,8 @@ STREAM = ["conv1", "layer*.conv2", "linear"]
 
 def cifar() -> dict:
     import graphopt
-    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.passes import ChannelPruning
+    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.testing.zoo import cifar_resnet
 
     weights = DATA / "cifar10_resnet" / "resnet56-4bfd9763.th"
@@ -266,8 +266,8 @@ def tp_cifar(base, criterion, inner_only, calibration, x, y) -> dict:
 def cifar_iterative() -> list[dict]:
     """graphopt with re-scored rounds (iterations=8), block-inner channels."""
     import graphopt
-    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.passes import ChannelPruning
+    from graphopt.testing.data import batches, load_cifar10, top1
     from graphopt.testing.zoo import cifar_resnet
 
     model = cifar_resnet(56, DATA / "cifar10_resnet" / "resnet56-4bfd9763.th")

@@ -44,8 +44,8 @@ ROWS = [
 
 def run(importance: str, scope: str, iterations: int, model, data) -> dict:
     import graphopt
-    from graphopt.testing.data import top1
     from graphopt.passes import BatchNormRecalibration, ChannelPruning, LayerwiseReconstruction
+    from graphopt.testing.data import top1
 
     x, y = data["test"]
     calibration = data["calibration"]
