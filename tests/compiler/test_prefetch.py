@@ -76,10 +76,23 @@ def test_a_weight_streaming_convolution_marks_its_reduction_small_ones_do_not():
     assert _marked_loops(small) == [] and "prefetch" not in small.attrs[TILE_ATTR]
     # a dense layer's weights arrive as [in, out]; packed into [out/lanes, in, lanes] panels,
     # a large one streams them block by block like a convolution, a small one does not
-    (dense,) = _marked_loops(_dense_kernel(nn.Linear(600, 520), torch.randn(1, 600)))
+    (dense,) = _marked_loops(_dense_kernel(nn.Linear(600, 520), torch.randn(48, 600)))
     name, _, weights = dense.split(":")
     assert name == "param_0_global" and int(weights) % (600 * vector_lanes_for("llvm")) == 0
-    assert not _streams(nn.Linear(60, 52), torch.randn(1, 60))
+    assert not _streams(nn.Linear(60, 52), torch.randn(48, 60))
+
+
+def test_blocks_read_once_or_larger_than_the_cache_are_not_prefetched():
+    """One row (a dense layer at batch 1) reads each weight once: a sequential stream the
+    hardware follows; a block the cache cannot keep would be read twice."""
+    from graphopt.compiler.tir.schedules import rules
+
+    assert not _streams(nn.Linear(600, 520), torch.randn(1, 600))
+    streaming = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
+    x = torch.randn(1, 256, 7, 7)
+    assert _streams(streaming, x)
+    with mock.patch.object(rules, "CACHE_BYTES", 9 * 256 * 4):  # under one block
+        assert not _streams(streaming, x)
 
 
 def _dense_kernel(model, x):

@@ -29,6 +29,7 @@ from graphopt.compiler.tir.schedules.loops import (
 from graphopt.compiler.tir.schedules.padding import padded_text, padding
 from graphopt.compiler.tir.schedules.rows import schedule_rows
 from graphopt.compiler.tir.schedules.tiles import (
+    CACHE_BYTES,
     PACK,
     Tile,
     choose_tile,
@@ -324,12 +325,17 @@ def _tile_reduction(
 def _prefetch_next_block(sch, block, stream: str, outer: list, reduce: list) -> tuple[list, bool]:
     """Mark the reduction for :mod:`.prefetch` (the parallel loop runs ``blocks × tiles``
     iterations, blocks outermost, each block of ``stream`` contiguous): ``(reduction loops,
-    marked)``."""
+    marked)``. Only blocks that several tiles reuse from L2 and that fit there: a block read
+    once (a matrix-vector product) is a sequential stream the hardware prefetcher follows, and
+    fetching a block ahead that the cache cannot keep only reads it twice (AlexNet's
+    9216 → 4096 layer at batch 1: 7.7 ms without, 11.9 ms with, ONNX Runtime 6.8)."""
     blocks = const_int(sch.get(outer[0]).extent)
     tiles = math.prod(const_int(sch.get(loop).extent) or 0 for loop in outer[1:])
     weights = next(r.source for r in sch.get(block).reads if r.source.name == stream)
     total = math.prod(const_int(d) or 0 for d in weights.shape)
-    if not blocks or not tiles or not total or total % blocks:
+    if not blocks or tiles < 2 or not total or total % blocks:
+        return reduce, False
+    if total // blocks * weights.dtype.bits // 8 > CACHE_BYTES:
         return reduce, False
     return prefetch.annotate(sch, reduce, stream, tiles, total // blocks), True
 

@@ -25,7 +25,7 @@ VECTOR_LOAD_COST = 3.0
 # Weights smaller than this stay in a core's cache whatever the loop order (1 MiB: half an
 # L2 of current x86 server cores; measured: ordering by size alone made ResNet-56 and
 # MobileNetV2 slower, with weights of 150-600 KB)
-_CACHE_BYTES = 1 << 20
+CACHE_BYTES = 1 << 20
 FALLBACK_LANES = 4  # 128-bit vectors when LLVM cannot describe the target
 VARIANT_SHAPES = 3  # register shapes tuning tries per kernel (times two loop orders)
 
@@ -172,7 +172,7 @@ def _blocks_outermost(reads, along: list[bool], across: list[bool]) -> bool:
     weights once per row of tiles (ResNet-18's 512-channel layers in NHWC: 2× faster)."""
     weights = sum(_elements(r.source) for r, hit in zip(reads, along, strict=True) if hit)
     activations = sum(_elements(r.source) for r, hit in zip(reads, across, strict=True) if hit)
-    return weights > activations and 4 * weights > _CACHE_BYTES
+    return weights > activations and 4 * weights > CACHE_BYTES
 
 
 def _elements(buffer) -> int:
