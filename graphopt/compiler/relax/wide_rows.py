@@ -43,7 +43,9 @@ def _widest(width: int, out_channels: int, lanes: int, budget: int) -> tuple[int
         return shape_score(g, r) * width / w
 
     best, choice = MIN_GAIN * score(width), width
-    for w in range(width + 1, width + max(1, int(width * MAX_EXTRA)) + 1):
+    # a width further than ``budget`` columns out is never better: its best tile's rows (at
+    # most ``budget``) divide a nearer one, which wastes fewer columns
+    for w in range(width + 1, width + max(1, min(int(width * MAX_EXTRA), budget)) + 1):
         if score(w) > best:
             best, choice = score(w), w
     return choice, score(choice)

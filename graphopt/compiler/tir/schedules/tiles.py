@@ -99,10 +99,9 @@ def register_shapes(
 ) -> list[tuple[int, int]]:
     """Every fitting (groups, rows), best first (see :func:`register_shape`)."""
     shapes = []
-    for g in _divisors(groups_max):
-        for r in _divisors(rows_max):
-            if g * r <= budget:
-                shapes.append(((shape_score(g, r, broadcast), g * r), (g, r)))
+    for g in _divisors(groups_max, budget):
+        for r in _divisors(rows_max, budget // g):
+            shapes.append(((shape_score(g, r, broadcast), g * r), (g, r)))
     shapes.sort(key=lambda item: item[0], reverse=True)
     return [shape for _, shape in shapes] or [(1, 1)]
 
@@ -114,8 +113,9 @@ def shape_score(groups: int, rows: int, broadcast: bool = True) -> float:
     return groups * rows / cost
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, most: int) -> list[int]:
+    """The divisors of ``n`` up to ``most``."""
+    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
 
 
 def choose_tile(
