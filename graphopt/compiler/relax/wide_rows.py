@@ -15,7 +15,10 @@ tile's write-back folds into the crop (:func:`.schedules.loops.inline_epilogue`)
 columns are computed in registers and never stored.
 
 :func:`wider` decides with the tile model of the default schedules (:func:`.tiles.shape_score`
-times the share of useful columns), widening only where it gains :data:`MIN_GAIN`.
+times the share of useful columns), widening only where it gains :data:`MIN_GAIN`. The same
+model widens output channels to whole vectors (:func:`more_channels`) and runs a pointwise
+convolution's pixels as one row (:func:`flattened`: ``reshape → conv over N × 1 × HW → reshape
+back``, the epilogue kept inside by :mod:`.sink_reshape`).
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def _flat(builder, call, lanes: int, budget: int):
 
 
 def _conv(x, weight, attrs, padding):
-    """``call``'s convolution with ``attrs`` on ``x`` and ``weight`` with another padding."""
+    """The convolution ``attrs`` describe, on ``x`` and ``weight``, with ``padding``."""
     from tvm import relax
 
     return relax.op.nn.conv2d(
