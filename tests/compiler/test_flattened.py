@@ -127,7 +127,7 @@ def test_the_flattened_kernel_writes_the_map_with_its_epilogue_fused():
 
 
 @pytest.mark.tvm
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     size=st.sampled_from([(7, 7), (4, 4), (5, 3), (13, 13)]),
     channels=st.sampled_from([16, 24, 40]),
