@@ -35,59 +35,48 @@ BINARY = (
 
 def sink_reshapes():
     """The Relax module pass moving element-wise ops inside pixel flattenings."""
-    import tvm
-    from tvm import relax
+    from graphopt.compiler.relax.calls import rewrite_calls
 
-    reshape_op = tvm.ir.Op.get("relax.reshape")
+    def rewrite(builder, call):
+        if call.op.name == "relax.reshape":
+            return _collapsed(builder, call)
+        return _sunk(builder, call)
 
-    @relax.expr_functor.mutator
-    class Sink(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            new = None
-            if getattr(call.op, "name", None) in UNARY + BINARY:
-                new = _sunk(self, call, reshape_op)
-            elif call.op.same_as(reshape_op):
-                new = _collapsed(self, call, reshape_op)
-            return call if new is None else new
-
-    @tvm.ir.transform.module_pass(opt_level=0, name="graphopt.SinkReshapes")
-    def run(mod, _ctx):
-        mutator = Sink(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return run
+    return rewrite_calls("graphopt.SinkReshapes", ("relax.reshape", *UNARY, *BINARY), rewrite)
 
 
-def _flattening(mutator, expr, reshape_op):
-    """``a`` when ``expr`` is bound to ``reshape(a, N×H×W×C)`` with ``a`` of shape
-    ``N×1×HW×C``; else None."""
+def _reshaped(builder, expr):
+    """``a`` when ``expr`` is a variable bound to ``reshape(a, …)``; else None."""
     from tvm import relax
 
     if not isinstance(expr, relax.Var):
         return None
-    value = mutator.lookup_binding(expr)
-    if not isinstance(value, relax.Call) or not value.op.same_as(reshape_op):
+    value = builder.lookup_binding(expr)
+    if not isinstance(value, relax.Call) or getattr(value.op, "name", None) != "relax.reshape":
         return None
-    flat, full = _shape(value.args[0]), _shape(expr)
+    return value.args[0]
+
+
+def _flattening(builder, expr):
+    """``a`` when ``expr`` is bound to ``reshape(a, N×H×W×C)`` with ``a`` of shape
+    ``N×1×HW×C``; else None."""
+    source = _reshaped(builder, expr)
+    flat, full = _shape(source), _shape(expr)
     if flat is None or full is None or len(flat) != 4 or len(full) != 4:
         return None
     n, one, pixels, c = flat
     if one != 1 or (n, c) != (full[0], full[3]) or pixels != full[1] * full[2]:
         return None
-    return value.args[0]
+    return source
 
 
-def _sunk(mutator, call, reshape_op):
+def _sunk(builder, call):
     """``reshape(f(a, z'), shape)`` for the element-wise ``call`` ``f(reshape(a), z)``, or None
     where no argument is a flattening or another argument broadcasts over the pixels."""
     from tvm import relax
 
     full = _shape(call)
-    flats = [_flattening(mutator, arg, reshape_op) for arg in call.args]
+    flats = [_flattening(builder, arg) for arg in call.args]
     source = next((a for a in flats if a is not None), None)
     if source is None or full is None:
         return None
@@ -97,12 +86,12 @@ def _sunk(mutator, call, reshape_op):
         if a is not None:
             args.append(a)
         elif _shape(arg) == full:
-            args.append(mutator.builder_.emit(relax.op.reshape(arg, flat)))
+            args.append(builder.emit(relax.op.reshape(arg, flat)))
         elif _per_channel(arg, full):
             args.append(arg)
         else:
             return None
-    inner = mutator.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+    inner = builder.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
     return relax.op.reshape(inner, full)
 
 
@@ -114,18 +103,14 @@ def _per_channel(expr, full) -> bool:
     return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, full[-1]))
 
 
-def _collapsed(mutator, call, reshape_op):
+def _collapsed(builder, call):
     """``reshape(a, s)`` for ``reshape(reshape(a, t), s)``; ``a`` itself when ``s`` is its
     shape."""
     from tvm import relax
 
-    inner = call.args[0]
-    if not isinstance(inner, relax.Var):
+    source = _reshaped(builder, call.args[0])
+    if source is None:
         return None
-    value = mutator.lookup_binding(inner)
-    if not isinstance(value, relax.Call) or not value.op.same_as(reshape_op):
-        return None
-    source = value.args[0]
     if _shape(source) is not None and _shape(source) == _shape(call):
         return source
     return relax.op.reshape(source, call.args[1])
